@@ -1,0 +1,1 @@
+"""Domain adapters, installed as ``nftkit.adapters``. Each submodule registers one Adapter subclass."""

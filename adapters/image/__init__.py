@@ -1,0 +1,135 @@
+"""Image classification: models, datasets, attacks, augmentation, ACC/ASR/LCR."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+from torch.utils.data import DataLoader, Dataset
+
+from nftkit.adapter import Adapter, Splits, register_adapter
+from nftkit.config import StrictModel
+from nftkit.errors import DataError
+from nftkit.metrics import BackdoorMetrics
+
+from . import attacks  # noqa: F401  registers image attacks
+from .augment import mixup, random_crop_flip
+from .data import ImageTensorDataset, balanced_split, load_image_dataset
+from .models import IMAGE_MODELS, build_image_model
+
+__all__ = ["IMAGE_MODELS", "ImageClassificationAdapter", "ImageTensorDataset", "build_image_model"]
+
+
+class ImageDataConfig(StrictModel):
+    dataset: str = "fashion_mnist"
+    root: Optional[str] = None
+    clean_fraction: float = Field(default=0.01, gt=0, lt=1)  # of the training set, held out, class-balanced
+    clean_per_class: Optional[int] = Field(default=None, ge=1)  # overrides clean_fraction (1 = one-shot)
+    train_limit: Optional[int] = Field(default=None, ge=1)  # random subset of the training set (CPU runs)
+    test_limit: Optional[int] = Field(default=None, ge=1)
+
+
+class ImageModelConfig(StrictModel):
+    arch: str = "cnn"
+    width: Optional[int] = Field(default=None, ge=1)
+
+
+@register_adapter("image")
+class ImageClassificationAdapter(Adapter):
+    """Single-label image classification; batches are ``(images B x C x H x W, labels B)``."""
+
+    DataConfig = ImageDataConfig
+    ModelConfig = ImageModelConfig
+
+    def __init__(self, num_classes: int, crop_padding: Optional[int] = None, flip: bool = True, mix_alpha: float = 1.0):
+        self.num_classes = num_classes
+        self.crop_padding = crop_padding
+        self.flip = flip
+        self.mix_alpha = mix_alpha
+        self.info: dict = {}
+
+    # ---- engine-facing -------------------------------------------------------------------
+    def augment(self, batch, kind, generator):
+        images, labels = batch
+        if kind == "none":
+            return batch
+        pad = self.crop_padding if self.crop_padding is not None else max(1, images.shape[-1] // 8)
+        images = random_crop_flip(images, generator, pad, self.flip)
+        if kind == "basic":
+            return images, labels
+        targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
+        return mixup(images, targets, generator, self.mix_alpha)
+
+    def forward(self, model, batch):
+        return model(batch[0])
+
+    def loss(self, model, batch):
+        return F.cross_entropy(self.forward(model, batch), batch[1])
+
+    def _scan(self, data: Dataset) -> torch.Tensor:
+        targets = getattr(data, "targets", None)
+        if isinstance(targets, torch.Tensor) and len(targets) == len(data):
+            labels = targets
+            first_shape = tuple(data[0][0].shape) if len(data) else None
+            shapes = {first_shape}
+        else:
+            items = [data[i] for i in range(len(data))]
+            shapes = {tuple(torch.as_tensor(x).shape) for x, _ in items}
+            labels = torch.tensor([int(y) for _, y in items])
+        if len(shapes) > 1:
+            raise DataError(f"the clean images have different shapes {sorted(shapes)[:3]}; resize them to one C x H x W size")
+        shape = next(iter(shapes))
+        if len(shape) != 3:
+            raise DataError(f"clean images must be C x H x W tensors, got shape {shape}; add the channel dimension")
+        return labels
+
+    def check_data(self, data):
+        super().check_data(data)
+        labels = self._scan(data)
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if len(bad):
+            raise DataError(f"clean label {int(bad[0])} is out of range for a {self.num_classes}-class model; "
+                            f"labels must be 0..{self.num_classes - 1} (check num_classes or the label mapping)")
+        if len(labels.unique()) < 2:
+            raise DataError(f"the clean set holds a single class ({int(labels[0])}); purification needs clean "
+                            "samples of at least two classes, ideally all of them")
+
+    def samples_per_class(self, data):
+        labels = self._scan(data)
+        return len(labels) / max(1, len(labels.unique()))
+
+    # ---- experiment-facing ---------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, data_cfg, model_cfg):
+        return cls(num_classes=0)  # set from the data in load_data
+
+    def load_data(self, cfg: ImageDataConfig, seed: int) -> Splits:
+        train, test, names = load_image_dataset(cfg.dataset, cfg.root)
+        g = torch.Generator().manual_seed(seed)
+        self.num_classes = len(names)
+        n_train = len(train)
+        per_class = cfg.clean_per_class or max(1, round(cfg.clean_fraction * n_train / self.num_classes))
+        clean_idx, rest = balanced_split(train.targets, per_class, g)
+        if cfg.train_limit is not None:
+            rest = rest[torch.randperm(len(rest), generator=g)[: cfg.train_limit]].sort().values
+        if cfg.test_limit is not None:
+            test = test.subset(torch.randperm(len(test), generator=g)[: cfg.test_limit].sort().values)
+        self.info = {"num_classes": self.num_classes, "image_shape": tuple(train.images.shape[1:]), "classes": names,
+                     "n_train": len(rest), "n_clean": len(clean_idx), "n_test": len(test), "clean_per_class": per_class}
+        return Splits(train.subset(rest), train.subset(clean_idx), test, dict(self.info))
+
+    def build_model(self, cfg: ImageModelConfig) -> nn.Module:
+        return build_image_model(cfg.arch, self.num_classes, self.info["image_shape"][0], cfg.width)
+
+    @torch.no_grad()
+    def evaluate(self, model, test, poisoned_test, attack, device, batch_size=256):
+        model = model.to(device).eval()
+        metrics = BackdoorMetrics(self.num_classes)
+        for images, labels in DataLoader(test, batch_size=batch_size):
+            metrics.update_clean(model(images.to(device)).argmax(1), labels)
+        if poisoned_test is not None:
+            for images, labels in DataLoader(poisoned_test, batch_size=batch_size):
+                metrics.update_poisoned(model(images.to(device)).argmax(1), labels, attack.target_for(labels))
+        return metrics.compute()

@@ -1,0 +1,103 @@
+"""The domain contract. One subclass per modality; the engine calls only these methods.
+
+The engine never looks inside a batch: it asks the adapter to collate, move, augment and score it.
+The adapter never sees masks: it gets a model and returns a loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset, default_collate
+
+from .config import StrictModel
+from .errors import DataError
+from .registry import Registry
+
+
+@dataclass
+class Splits:
+    """What an experiment needs from a dataset: the attacker's training data, the defender's small
+    clean set (held out from training), and the clean test set."""
+
+    train: Dataset
+    clean: Dataset
+    test: Dataset
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter:
+    """Base class of a domain adapter.
+
+    Engine-facing methods (used by :func:`nftkit.purify`): :meth:`collate`, :meth:`to_device`,
+    :meth:`augment`, :meth:`loss`, :meth:`forward`, :meth:`check_data`, :meth:`samples_per_class`.
+
+    Experiment-facing methods (used by recipes): :meth:`load_data`, :meth:`build_model`,
+    :meth:`evaluate`, plus the typed sections ``DataConfig`` and ``ModelConfig`` and the attacks
+    this domain registers in :data:`nftkit.attacks.ATTACKS` under ``"<name>/<attack>"``.
+    """
+
+    name: ClassVar[str] = ""
+    DataConfig: ClassVar[type[StrictModel]] = StrictModel
+    ModelConfig: ClassVar[type[StrictModel]] = StrictModel
+
+    # ---- engine-facing -------------------------------------------------------------------
+    def collate(self, samples: list) -> Any:
+        return default_collate(samples)
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(b, device) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v, device) for k, v in batch.items()}
+        return batch
+
+    def augment(self, batch: Any, kind: str, generator: torch.Generator) -> Any:
+        """Return an augmented batch. ``kind`` is 'mix' (the mixing loss of NFT), 'basic' (label-
+        preserving augmentation only) or 'none'."""
+        return batch
+
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_data(self, data: Dataset) -> None:
+        """Raise :class:`DataError` naming the problem and the fix if ``data`` cannot be a clean set."""
+        if len(data) == 0:
+            raise DataError("the clean set is empty; give at least one labelled sample per class")
+
+    def samples_per_class(self, data: Dataset) -> float:
+        """n_c, which scales the NFT regulariser (eta_c = 5e-4 / n_c)."""
+        return float(len(data))
+
+    # ---- experiment-facing ---------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, data_cfg: StrictModel, model_cfg: StrictModel) -> "Adapter":
+        return cls()
+
+    def load_data(self, cfg: StrictModel, seed: int) -> Splits:
+        raise NotImplementedError
+
+    def build_model(self, cfg: StrictModel) -> nn.Module:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, test: Dataset, poisoned_test: Optional[Dataset], attack: Any,
+                 device: torch.device, batch_size: int = 256) -> dict[str, float]:
+        raise NotImplementedError
+
+
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
+
+
+def register_adapter(name: str):
+    def decorator(cls: type[Adapter]) -> type[Adapter]:
+        cls.name = name
+        return ADAPTERS.register(name)(cls)
+
+    return decorator

@@ -1,0 +1,92 @@
+"""Typed configuration of one purification run. Unknown keys are errors."""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base of every config: unknown keys and wrong types are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Placement = Literal["bn_gamma", "bn_output", "weight_rows"]
+ScheduleShape = Literal["exponential", "linear", "cosine", "log", "cubic", "constant", "none"]
+
+
+class PurifyConfig(StrictModel):
+    """Every knob of :func:`nftkit.purify`. Method-specific defaults are filled in by the method."""
+
+    method: str = "nft"
+    # length: steps, or epochs over the data (epochs * len(data) / batch_size steps); steps wins if both are set
+    steps: Optional[int] = Field(default=None, ge=1)
+    epochs: Optional[float] = Field(default=None, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    # optimiser
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.95, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
+    lr_min: float = Field(default=0.02, ge=0)
+    lr_step_every: float = Field(default=0.4, gt=0, le=1)  # fraction of training between decays
+    lr_step_gamma: float = Field(default=0.1, gt=0, le=1)
+    # neural masks
+    placement: Placement = "bn_gamma"
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    mask_classifier: bool = False
+    schedule: ScheduleShape = "exponential"
+    alpha: float = Field(default=0.8, ge=0, le=1)
+    beta: float = Field(default=0.5, ge=0)
+    # L1 drift regulariser: eta_c = eta_c_base / n_c unless eta_c is given
+    eta_c: Optional[float] = Field(default=None, ge=0)
+    eta_c_base: float = Field(default=5e-4, ge=0)
+    # data
+    augment: Literal["mix", "basic", "none"] = "mix"
+    mix_alpha: float = Field(default=1.0, gt=0)
+    bn_mode: Literal["train", "eval"] = "train"
+    num_workers: int = Field(default=0, ge=0)
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+    def total_steps(self, n_samples: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        epochs = self.epochs if self.epochs is not None else 1.0
+        return max(1, math.ceil(epochs * n_samples / self.batch_size))
+
+
+def validation_message(err: ValidationError, where: str = "") -> str:
+    """One line per problem: the key path, what is wrong, how to fix it."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        key = f"{where}.{loc}" if where and loc else (where or loc)
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}' (remove it or fix its spelling)")
+        elif e["type"] == "missing":
+            parts.append(f"missing key '{key}'")
+        else:
+            got = e.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+            parts.append(f"bad value for '{key}'{shown}: {e['msg']}" if key else e["msg"])
+    return "; ".join(parts)
+
+
+def validate(model_cls: type[StrictModel], data: Any, where: str = "") -> Any:
+    """Build ``model_cls`` from ``data`` or raise one clear ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{where or model_cls.__name__}' must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(validation_message(err, where)) from None

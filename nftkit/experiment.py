@@ -1,0 +1,140 @@
+"""Run a recipe: data -> attack -> (cached) victim -> evaluate -> purify -> evaluate -> outputs."""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .adapter import ADAPTERS, Adapter
+from .attacks import ATTACKS
+from .cache import load_victim, store_victim, victim_key
+from .config import validate
+from .errors import ConfigError
+from .io import save_tensors, staged_dir, write_json, write_yaml
+from .purify import PurifyResult, purify, resolve_config
+from .recipe import RecipeConfig, load_recipe
+from .report import render_report
+
+
+def load_adapter_class(name: str) -> type[Adapter]:
+    """Built-in adapters live in nftkit.adapters.<name>; third-party ones register on import."""
+    if name not in ADAPTERS:
+        try:
+            importlib.import_module(f"nftkit.adapters.{name}")
+        except ModuleNotFoundError:
+            pass
+    return ADAPTERS.get(name)
+
+
+@dataclass
+class Experiment:
+    """A recipe resolved into typed sections and built objects, ready to run."""
+
+    name: str
+    recipe: RecipeConfig
+    adapter: Adapter
+    sections: dict[str, Any]  # typed config per section
+
+    def resolved(self) -> dict[str, Any]:
+        out = self.recipe.model_dump()
+        out.update({k: v.model_dump() for k, v in self.sections.items()})
+        return out
+
+
+def prepare(name: str, overrides: list[str] = ()) -> Experiment:
+    raw = load_recipe(name, overrides)
+    recipe = validate(RecipeConfig, raw)
+    adapter_cls = load_adapter_class(recipe.adapter)
+    sections: dict[str, Any] = {
+        "data": validate(adapter_cls.DataConfig, recipe.data, "data"),
+        "model": validate(adapter_cls.ModelConfig, recipe.model, "model"),
+    }
+    if recipe.attack is not None:
+        attack_name = recipe.attack.get("name")
+        if not attack_name:
+            raise ConfigError("attack.name is missing; name an attack, e.g. attack.name=badnets")
+        attack_cls = ATTACKS.get(f"{recipe.adapter}/{attack_name}")
+        sections["attack"] = validate(attack_cls.Config, recipe.attack, "attack")
+    run_defaults = {"seed": recipe.seed, "device": recipe.device}
+    victim_user = validate_section(recipe.victim, "victim")
+    defense_user = validate_section(recipe.defense, "defense")
+    sections["victim"] = resolve_config("train", {**run_defaults, **victim_user})
+    sections["defense"] = resolve_config(None, {**run_defaults, **defense_user})
+    adapter = adapter_cls.from_recipe(sections["data"], sections["model"])
+    return Experiment(name, recipe, adapter, sections)
+
+
+def validate_section(section: dict[str, Any], where: str) -> dict[str, Any]:
+    from .config import PurifyConfig
+
+    return validate(PurifyConfig, section, where).model_dump(exclude_unset=True)
+
+
+def build_victim(exp: Experiment, splits, log) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
+    """Poison the data, then train the victim or take it from the cache."""
+    s = exp.sections
+    attack = None
+    train, poisoned_test = splits.train, None
+    if "attack" in s:
+        attack = ATTACKS.get(f"{exp.recipe.adapter}/{s['attack'].name}")(s["attack"], splits.info)
+        g = torch.Generator().manual_seed(exp.recipe.seed)
+        train = attack.poison_train(splits.train, g)
+        poisoned_test = attack.poison_test(splits.test)
+    model = exp.adapter.build_model(s["model"])
+    spec = {"adapter": exp.recipe.adapter, "data": s["data"].model_dump(), "model": s["model"].model_dump(),
+            "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}),
+            "seed": exp.recipe.seed}
+    key = victim_key(spec)
+    meta = load_victim(model, key) if exp.recipe.cache_victim else None
+    if meta is not None:
+        log(f"victim: cached ({key})")
+        return model, attack, poisoned_test, {**meta, "cached": True, "key": key}
+    log(f"victim: training {s['model'].model_dump()} on {len(train)} samples ...")
+    torch.manual_seed(exp.recipe.seed)
+    trained = purify(model, exp.adapter, train, config=s["victim"])
+    meta = {"train_time_s": trained.runtime_s, "steps": trained.config.steps, "spec": spec}
+    if exp.recipe.cache_victim:
+        store_victim(trained.model, key, meta)
+    return trained.model, attack, poisoned_test, {**meta, "cached": False, "key": key}
+
+
+def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print) -> dict[str, Any]:
+    exp = prepare(name, overrides)
+    if out is None:
+        out = Path("runs") / name.replace("/", "_").removesuffix(".yaml") / time.strftime("%Y%m%d-%H%M%S")
+    with staged_dir(Path(out)) as stage:
+        write_yaml(stage / "resolved.yaml", exp.resolved())
+        splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
+        victim, attack, poisoned_test, victim_meta = build_victim(exp, splits, log)
+        device = torch.device(exp.recipe.device)
+
+        def measure(model):
+            return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
+
+        before = measure(victim)
+        log(f"before: {_fmt(before)}")
+        result: PurifyResult = purify(victim, exp.adapter, splits.clean, config=exp.sections["defense"])
+        after = measure(result.model)
+        log(f"after {result.config.method}: {_fmt(after)} in {result.runtime_s:.1f}s")
+        exp.sections["defense"] = result.config
+        results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
+                   "runtime_s": result.runtime_s, "victim": victim_meta, "data": splits.info,
+                   "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
+        write_yaml(stage / "resolved.yaml", exp.resolved())
+        save_tensors(stage / "model.safetensors", result.model.state_dict())
+        if result.masks:
+            save_tensors(stage / "masks.safetensors", result.masks)
+        write_json(stage / "history.json", result.history)
+        (stage / "report.md").write_text(render_report(results, result))
+        write_json(stage / "results.json", results)
+    log(f"wrote {out}")
+    results["out"] = str(out)
+    return results
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k.upper()} {v:.2f}%" for k, v in metrics.items())

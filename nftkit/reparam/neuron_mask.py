@@ -1,0 +1,118 @@
+"""Per-neuron soft masks (NFT Eq. 7-8): one scalar per output unit scales that unit's weights, never its bias."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .base import Reparameterized
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """Which parameters of a module carry one unit's weights.
+
+    ``params`` maps a parameter name to ``(axis, repeats)``: the axis indexing output units, and how
+    many consecutive blocks of units the axis holds (4 for an LSTM's gate-stacked rows).
+    """
+
+    params: dict[str, tuple[int, int]]
+
+    def units(self, module: nn.Module) -> int:
+        name, (axis, repeats) = next(iter(self.params.items()))
+        return getattr(module, name).shape[axis] // repeats
+
+    def scaled(self, module: nn.Module, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, (axis, repeats) in self.params.items():
+            weight = getattr(module, name)
+            scale = mask.repeat(repeats) if repeats > 1 else mask
+            shape = [1] * weight.dim()
+            shape[axis] = -1
+            out[name] = weight * scale.view(shape)
+        return out
+
+
+RuleFactory = Callable[[nn.Module, str], Optional[MaskRule]]
+_RULES: list[tuple[tuple[type, ...], RuleFactory]] = []
+
+
+def register_mask_rule(*module_types: type) -> Callable[[RuleFactory], RuleFactory]:
+    """Teach the engine where one unit's weights live in a module type (later registrations win)."""
+
+    def decorator(factory: RuleFactory) -> RuleFactory:
+        _RULES.insert(0, (module_types, factory))
+        return factory
+
+    return decorator
+
+
+def mask_rule(module: nn.Module, placement: str) -> Optional[MaskRule]:
+    for types, factory in _RULES:
+        if isinstance(module, types):
+            return factory(module, placement)
+    return None
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, _NORMS)
+
+
+@register_mask_rule(nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _weight_rows(module: nn.Module, placement: str) -> Optional[MaskRule]:
+    return MaskRule({"weight": (0, 1)})
+
+
+@register_mask_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _transposed(module: nn.Module, placement: str) -> Optional[MaskRule]:
+    # weight is (in, out/groups, k...): with groups the output units are not one axis
+    return MaskRule({"weight": (1, 1)}) if module.groups == 1 else None
+
+
+@register_mask_rule(*_NORMS)
+def _batchnorm(module: nn.Module, placement: str) -> Optional[MaskRule]:
+    if not module.affine or placement == "weight_rows":
+        return None
+    if placement == "bn_output":
+        return MaskRule({"weight": (0, 1), "bias": (0, 1)})
+    return MaskRule({"weight": (0, 1)})
+
+
+@register_mask_rule(nn.LSTM, nn.GRU)
+def _recurrent(module: nn.Module, placement: str) -> Optional[MaskRule]:
+    # one mask per hidden unit of a single-layer, one-direction RNN; it scales that unit's rows in
+    # every gate of both input and recurrent weights
+    if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", 0):
+        return None
+    gates = 4 if isinstance(module, nn.LSTM) else 3
+    return MaskRule({"weight_ih_l0": (0, gates), "weight_hh_l0": (0, gates)})
+
+
+class NeuronMask(Reparameterized):
+    def __init__(self, base_layer: nn.Module, rule: MaskRule):
+        super().__init__()
+        self.base_layer = base_layer
+        self.rule = rule
+        ref = getattr(base_layer, next(iter(rule.params)))
+        self.mask = nn.Parameter(torch.ones(rule.units(base_layer), dtype=ref.dtype, device=ref.device))
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.base_layer, self.rule.scaled(self.base_layer, self.mask), args, kwargs)
+
+    def tunable(self) -> list[nn.Parameter]:
+        return [self.mask]
+
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        for name, value in self.rule.scaled(self.base_layer, self.mask.detach()).items():
+            getattr(self.base_layer, name).copy_(value)
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"units={self.mask.numel()}, params={list(self.rule.params)}"

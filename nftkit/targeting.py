@@ -1,0 +1,97 @@
+"""Which layers get a re-parameterization, in which depth order.
+
+Order and connectivity are observed, not guessed from names: one forward pass with hooks records
+the execution order of leaf modules and which layer's output feeds a BatchNorm directly.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import ModelError
+from .reparam.neuron_mask import MaskRule, is_batchnorm, mask_rule
+
+
+@dataclass
+class Target:
+    name: str
+    kind: str  # module class name
+    units: int
+    depth: int  # 1..L in execution order
+    rule: Optional[MaskRule] = None
+
+
+@dataclass
+class Trace:
+    order: list[str]  # modules in order of their first call's end (leaves in execution order)
+    feeds_norm: set[str]  # modules whose output is the direct input of a BatchNorm
+
+
+def trace_model(model: nn.Module, run_forward: Callable[[nn.Module], object]) -> Trace:
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+    produced_by: dict[int, str] = {}
+    keep_alive: list[torch.Tensor] = []  # ids of freed tensors could be reused
+    feeds_norm: set[str] = set()
+
+    def hook(module, inputs, output):
+        name = names[module]
+        if name not in order:
+            order.append(name)
+        if is_batchnorm(module) and inputs and isinstance(inputs[0], torch.Tensor):
+            src = produced_by.get(id(inputs[0]))
+            if src is not None:
+                feeds_norm.add(src)
+        # a container returns its last child's tensor: only leaves say who produced it
+        is_leaf = next(module.children(), None) is None
+        if isinstance(output, torch.Tensor) and (is_leaf or id(output) not in produced_by):
+            produced_by[id(output)] = name
+            keep_alive.append(output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_forward(model)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ModelError(f"the model failed on a batch of the clean data ({err}); check that the data fits the model "
+                         "(image size, channel count, number of classes)") from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return Trace(order, feeds_norm)
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(re.search(p, name) for p in patterns)
+
+
+def select_targets(model: nn.Module, trace: Trace, placement: str, include: list[str], exclude: list[str],
+                   mask_classifier: bool) -> list[Target]:
+    """Layers that get one mask per output unit, with their depth index l = 1..L."""
+    candidates = []
+    for name in trace.order:
+        module = model.get_submodule(name)
+        rule = mask_rule(module, placement)
+        if rule is None:
+            continue
+        # a mask on a layer that feeds BatchNorm is normalised away in train mode: the norm carries it
+        if placement != "weight_rows" and name in trace.feeds_norm:
+            continue
+        candidates.append((name, module, rule))
+    if candidates and not mask_classifier:
+        last_affine = [c for c in candidates if not is_batchnorm(c[1])]
+        if last_affine:
+            candidates = [c for c in candidates if c[0] != last_affine[-1][0]]
+    if include:
+        candidates = [c for c in candidates if _matches(c[0], include)]
+    if exclude:
+        candidates = [c for c in candidates if not _matches(c[0], exclude)]
+    return [Target(name, type(m).__name__, rule.units(m), depth, rule)
+            for depth, (name, m, rule) in enumerate(candidates, start=1)]

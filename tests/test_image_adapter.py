@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+import nftkit
+from nftkit.adapters.image import ImageClassificationAdapter, ImageTensorDataset
+
+
+def _ds(n=20, classes=4, shape=(1, 8, 8)):
+    return ImageTensorDataset(torch.rand(n, *shape), torch.arange(n) % classes)
+
+
+@pytest.mark.parametrize("data, message", [
+    (ImageTensorDataset(torch.rand(0, 1, 8, 8), torch.zeros(0)), "empty"),
+    (ImageTensorDataset(torch.rand(6, 1, 8, 8), torch.zeros(6)), "single class"),
+    (ImageTensorDataset(torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 9])), "out of range"),
+    ([(torch.rand(1, 8, 8), 0), (torch.rand(1, 9, 9), 1)], "different shapes"),
+    ([(torch.rand(8, 8), 0), (torch.rand(8, 8), 1)], "C x H x W"),
+])
+def test_bad_clean_sets_get_one_clear_error(data, message):
+    with pytest.raises(nftkit.DataError, match=message):
+        ImageClassificationAdapter(5).check_data(data)
+
+
+def test_images_that_do_not_fit_the_model():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 4))
+    with pytest.raises(nftkit.ModelError, match="failed on a batch"):
+        nftkit.purify(model, ImageClassificationAdapter(4), _ds(), steps=1)
+
+
+def test_mix_augmentation_keeps_shapes_and_gives_soft_targets():
+    adapter = ImageClassificationAdapter(4)
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 4
+    g = torch.Generator().manual_seed(0)
+    xm, t = adapter.augment((x, y), "mix", g)
+    assert xm.shape == x.shape and t.shape == (16, 4)
+    assert torch.allclose(t.sum(1), torch.ones(16))
+    xb, yb = adapter.augment((x, y), "basic", torch.Generator().manual_seed(0))
+    assert torch.equal(yb, y) and xb.shape == x.shape
+    again = adapter.augment((x, y), "mix", torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], xm)
+
+
+def test_any_map_style_dataset_of_pairs_works():
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            return torch.full((1, 8, 8), i / 12), i % 3
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    result = nftkit.purify(model, ImageClassificationAdapter(3), Pairs(), steps=2, batch_size=4)
+    assert list(result.masks) == ["1"]
