@@ -20,9 +20,11 @@ class Attack:
 
     Config: ClassVar[type[StrictModel]] = StrictModel
 
-    def __init__(self, cfg: StrictModel, info: dict[str, Any]):
+    def __init__(self, cfg: StrictModel, info: dict[str, Any], adapter: Any = None):
+        # adapter: for attacks that train or query a surrogate model (clean-label PGD, learned triggers)
         self.cfg = cfg
         self.info = info
+        self.adapter = adapter
 
     def poison_train(self, train: Dataset, generator: torch.Generator) -> Dataset:
         raise NotImplementedError

@@ -80,7 +80,7 @@ def build_victim(exp: Experiment, splits, log) -> tuple[torch.nn.Module, Any, An
     attack = None
     train, poisoned_test = splits.train, None
     if "attack" in s:
-        attack = ATTACKS.get(f"{exp.recipe.adapter}/{s['attack'].name}")(s["attack"], splits.info)
+        attack = ATTACKS.get(f"{exp.recipe.adapter}/{s['attack'].name}")(s["attack"], splits.info, exp.adapter)
         g = torch.Generator().manual_seed(exp.recipe.seed)
         train = attack.poison_train(splits.train, g)
         poisoned_test = attack.poison_test(splits.test)

@@ -6,9 +6,10 @@ from typing import Any
 
 def render_report(results: dict[str, Any], purified) -> str:
     before, after = results["before"], results["after"]
-    keys = [k for k in ("acc", "asr", "lcr") if k in before or k in after]
-    rows = "\n".join(f"| {k.upper()} (%) | {before.get(k, float('nan')):.2f} | {after.get(k, float('nan')):.2f} | "
-                     f"{after.get(k, float('nan')) - before.get(k, float('nan')):+.2f} |" for k in keys)
+    keys = list(dict.fromkeys([*before, *after]))
+    nan = float("nan")
+    rows = "\n".join(f"| {k.upper()} | {before.get(k, nan):.2f} | {after.get(k, nan):.2f} | "
+                     f"{after.get(k, nan) - before.get(k, nan):+.2f} |" for k in keys)
     lines = [
         f"# nftkit run: {results['recipe']}",
         "",

@@ -27,8 +27,8 @@ class ImageAttack(Attack):
 
     Config = ImageAttackConfig
 
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
         self.num_classes = info["num_classes"]
         self.shape = info["image_shape"]  # C, H, W
         if cfg.target >= self.num_classes:
@@ -94,8 +94,8 @@ class Blend(ImageAttack):
     class Config(ImageAttackConfig):
         ratio: float = Field(default=0.2, gt=0, le=1)
 
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
         self.pattern = torch.rand(self.shape, generator=self._seeded())
 
     def apply(self, images):
@@ -114,8 +114,8 @@ class SIG(ImageAttack):
         frequency: float = Field(default=6, gt=0)
         mode: Literal["all2one"] = "all2one"
 
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
         if self._signal(1.0).abs().max() < 1e-3:
             from nftkit.errors import ConfigError
 
@@ -156,8 +156,8 @@ class WaNet(ImageAttack):
         grid_rescale: float = Field(default=1.0, gt=0)
         cross_ratio: float = Field(default=2.0, ge=0)
 
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
         H, W = self.shape[-2:]
         ins = torch.rand(1, 2, cfg.k, cfg.k, generator=self._seeded()) * 2 - 1
         ins = ins / ins.abs().mean()

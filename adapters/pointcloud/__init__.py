@@ -1,0 +1,1 @@
+"""pointcloud adapter (in progress)."""

@@ -1,0 +1,1 @@
+"""video adapter (in progress)."""
