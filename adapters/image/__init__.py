@@ -14,7 +14,7 @@ from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
-from . import attacks  # noqa: F401  registers image attacks
+from . import attacks, zoo  # noqa: F401  register image attacks and datasets
 from .augment import mixup, random_crop_flip
 from .data import ImageTensorDataset, balanced_split, load_image_dataset
 from .models import IMAGE_MODELS, build_image_model
