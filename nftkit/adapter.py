@@ -32,7 +32,8 @@ class Adapter:
     """Base class of a domain adapter.
 
     Engine-facing methods (used by :func:`nftkit.purify`): :meth:`collate`, :meth:`to_device`,
-    :meth:`augment`, :meth:`loss`, :meth:`forward`, :meth:`check_data`, :meth:`samples_per_class`.
+    :meth:`augment`, :meth:`loss`, :meth:`forward`, :meth:`check_data`, :meth:`samples_per_class`,
+    and for SFT :meth:`sample_losses`; for few-shot benchmarks :meth:`few_shot`.
 
     Experiment-facing methods (used by recipes): :meth:`load_data`, :meth:`build_model`,
     :meth:`evaluate`, plus the typed sections ``DataConfig`` and ``ModelConfig`` and the attacks
@@ -67,10 +68,19 @@ class Adapter:
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def sample_losses(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """One loss per sample (shape B); needed by the Fisher terms of SFT."""
+        raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses; SFT and fast_sft need them")
+
     def check_data(self, data: Dataset) -> None:
         """Raise :class:`DataError` naming the problem and the fix if ``data`` cannot be a clean set."""
         if len(data) == 0:
             raise DataError("the clean set is empty; give at least one labelled sample per class")
+
+    def few_shot(self, data: Dataset, per_class: int, generator: torch.Generator) -> Dataset:
+        """A class-balanced subset of the clean set (the one-shot setting); domains without classes
+        may return a random subset of ``per_class`` samples per distinct target."""
+        raise NotImplementedError(f"{type(self).__name__} does not support few-shot subsets")
 
     def samples_per_class(self, data: Dataset) -> float:
         """n_c, which scales the NFT regulariser (eta_c = 5e-4 / n_c)."""

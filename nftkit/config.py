@@ -46,6 +46,17 @@ class PurifyConfig(StrictModel):
     # L1 drift regulariser: eta_c = eta_c_base / n_c unless eta_c is given
     eta_c: Optional[float] = Field(default=None, ge=0)
     eta_c_base: float = Field(default=5e-4, ge=0)
+    # SFT: eta_F * Tr(F) every fisher_every steps + (eta_r / 2) * Fisher-weighted drift
+    eta_f: float = Field(default=1e-3, ge=0)
+    eta_r: float = Field(default=5.0, ge=0)
+    fisher_every: int = Field(default=10, ge=1)
+    # FT-SAM: neighbourhood radius
+    sam_rho: float = Field(default=0.05, gt=0)
+    # ANP: neuron noise bound, loss trade-off, ascent steps, pruning threshold
+    anp_eps: float = Field(default=0.4, ge=0)
+    anp_alpha: float = Field(default=0.2, ge=0, le=1)
+    anp_steps: int = Field(default=1, ge=0)
+    anp_threshold: float = Field(default=0.2, ge=0, le=1)
     # data
     augment: Literal["mix", "basic", "none"] = "mix"
     mix_alpha: float = Field(default=1.0, gt=0)

@@ -46,7 +46,10 @@ class Experiment:
 
 
 def prepare(name: str, overrides: list[str] = ()) -> Experiment:
-    raw = load_recipe(name, overrides)
+    return build_experiment(name, load_recipe(name, overrides))
+
+
+def build_experiment(name: str, raw: dict[str, Any]) -> Experiment:
     recipe = validate(RecipeConfig, raw)
     adapter_cls = load_adapter_class(recipe.adapter)
     sections: dict[str, Any] = {

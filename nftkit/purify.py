@@ -15,7 +15,8 @@ from .adapter import Adapter
 from .config import PurifyConfig, validate
 from .errors import ConfigError, ModelError
 from .methods import METHODS, Method
-from .reparam import NeuronMask, Reparameterized, fold_all, replace_module
+from .methods.base import Setup, StepContext
+from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
 from .schedules import lower_bounds
 from .targeting import Target, select_targets, trace_model
 
@@ -23,7 +24,7 @@ from .targeting import Target, select_targets, trace_model
 @dataclass
 class PurifyResult:
     model: nn.Module  # plain module of the input's class, same state_dict keys
-    masks: dict[str, torch.Tensor]  # layer name -> final mask (neuron-mask methods)
+    masks: dict[str, torch.Tensor]  # layer name -> final tuned tensor (masks; singular-value shifts for fast SFT)
     history: list[dict[str, float]]  # one row per step
     config: PurifyConfig  # fully resolved
     runtime_s: float
@@ -69,13 +70,33 @@ def _set_train_mode(model: nn.Module, bn_mode: str) -> None:
                 m.eval()
 
 
-def _wrap(model: nn.Module, targets: list[Target]) -> dict[str, Reparameterized]:
-    wrapped = {}
+def _wrap(model: nn.Module, targets: list[Target], reparam: str) -> dict[str, Reparameterized]:
+    wrapped: dict[str, Reparameterized] = {}
     for t in targets:
-        wrapper = NeuronMask(model.get_submodule(t.name), t.rule)
+        layer = model.get_submodule(t.name)
+        if reparam == "spectral_shift":
+            wrapper: Reparameterized = SpectralShift(layer)
+        elif reparam == "perturbed_mask":
+            wrapper = PerturbedNeuronMask(layer, t.rule)
+        else:
+            wrapper = NeuronMask(layer, t.rule)
         replace_module(model, t.name, wrapper)
         wrapped[t.name] = wrapper
     return wrapped
+
+
+def _targets(model: nn.Module, trace, cfg: PurifyConfig, reparam: str) -> list[Target]:
+    if reparam == "full":
+        return []
+    if reparam == "spectral_shift":
+        # matrices only: layers whose mask rule is the plain weight-rows rule
+        targets = select_targets(model, trace, "weight_rows", cfg.include, cfg.exclude, cfg.mask_classifier)
+        targets = [t for t in targets if list(t.rule.params.items()) == [("weight", (0, 1))]]
+    else:
+        targets = select_targets(model, trace, cfg.placement, cfg.include, cfg.exclude, cfg.mask_classifier)
+    if not targets:
+        raise ConfigError("no layer matched for re-parameterization; loosen 'include'/'exclude' or set mask_classifier=true")
+    return targets
 
 
 def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[str] = None,
@@ -98,26 +119,22 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
     probe = adapter.to_device(adapter.collate([data[i] for i in range(min(len(data), 8))]), device)
     trace = trace_model(work, lambda m: adapter.forward(m, probe))
-
-    targets: list[Target] = []
-    wrapped: dict[str, Reparameterized] = {}
-    bounds: list[float] = []
     for p in work.parameters():
         p.requires_grad_(chosen.reparam == "full")
-    if chosen.reparam == "neuron_mask":
-        targets = select_targets(work, trace, cfg.placement, cfg.include, cfg.exclude, cfg.mask_classifier)
-        if not targets:
-            raise ConfigError("no layer matched for masking; loosen 'include'/'exclude' or set mask_classifier=true")
-        wrapped = _wrap(work, targets)
+    targets = _targets(work, trace, cfg, chosen.reparam)
+    wrapped = _wrap(work, targets, chosen.reparam)
+    bounds = [0.0] * len(targets)
+    if chosen.reparam in ("neuron_mask", "perturbed_mask"):
         bounds = lower_bounds(cfg.schedule, [t.depth for t in targets], cfg.alpha, cfg.beta)
     tunables = [p for w in wrapped.values() for p in w.tunable()] or [p for p in work.parameters()]
-    regularizers = chosen.regularizers(cfg, adapter.samples_per_class(data))
+    setup = Setup(cfg, work, wrapped, tunables, adapter, data, device, generator, adapter.samples_per_class(data))
+    regularizers = chosen.regularizers(setup)
 
     optimizer = torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     total = cfg.total_steps(len(data))
     sampler = RandomSampler(data, replacement=True, num_samples=total * cfg.batch_size, generator=generator)
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=adapter.collate,
-                        num_workers=cfg.num_workers, drop_last=True)
+                        num_workers=cfg.num_workers)
     history: list[dict[str, float]] = []
     _set_train_mode(work, cfg.bn_mode)
     progress = _progress(total, cfg.progress, cfg.method)
@@ -127,26 +144,23 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = adapter.augment(adapter.to_device(batch, device), cfg.augment, generator)
-        task_loss = adapter.loss(work, batch)
-        reg_terms = {r.name: r(wrapped) for r in regularizers}
-        loss = task_loss + sum(reg_terms.values(), torch.zeros((), device=device))
-        if not torch.isfinite(loss):
-            raise ModelError(f"the loss became {loss.item()} at step {step}; lower the learning rate (lr={lr:g})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        terms = chosen.step(StepContext(step, batch, setup, optimizer, regularizers))
+        if not torch.isfinite(terms["loss"]):
+            raise ModelError(f"the loss became {terms['loss'].item()} at step {step}; lower the learning rate (lr={lr:g})")
         with torch.no_grad():
             for w, low in zip(wrapped.values(), bounds):
-                w.mask.clamp_(low, 1.0)
-        history.append({"step": step, "lr": lr, "loss": loss.item(), "task_loss": task_loss.item(),
-                        **{k: v.item() for k, v in reg_terms.items()}})
+                if isinstance(w, NeuronMask):
+                    w.mask.clamp_(low, 1.0)
+        history.append({"step": step, "lr": lr, **{k: float(v.detach()) for k, v in terms.items()}})
         progress.update(1)
         if on_step is not None:
             on_step(step, work)
+    if chosen.finish is not None:
+        chosen.finish(setup)
     runtime = time.perf_counter() - start
     progress.close()
 
-    masks = {name: w.mask.detach().cpu().clone() for name, w in wrapped.items()}
+    masks = {name: w.tunable()[0].detach().cpu().clone() for name, w in wrapped.items()}
     fold_all(work, wrapped)
     for name, p in work.named_parameters():
         p.requires_grad_(grad_flags[name])

@@ -37,7 +37,7 @@ def list_recipes(pattern: str = "*") -> list[str]:
 
     names = []
     for domain in _root().iterdir():
-        if domain.is_dir():
+        if domain.is_dir() and domain.name not in ("bench", "__pycache__"):
             names += [f"{domain.name}/{f.name[:-5]}" for f in domain.iterdir() if f.name.endswith(".yaml")]
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 

@@ -1,17 +1,15 @@
-"""Regularisers: callables over the wrapped layers, added to the adapter's loss by the loop."""
+"""Regularisers: callables over the step context, added to the adapter's loss by the loop.
+
+Each is built once from the method's Setup and called every step; returning None skips a step.
+"""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional
 
 import torch
+import torch.nn as nn
 
-from .reparam import NeuronMask, Reparameterized
-
-
-class Regularizer(Protocol):
-    name: str
-
-    def __call__(self, wrapped: dict[str, Reparameterized]) -> torch.Tensor: ...
+from .reparam import NeuronMask
 
 
 class MaskL1Drift:
@@ -22,6 +20,69 @@ class MaskL1Drift:
     def __init__(self, eta: float):
         self.eta = eta
 
-    def __call__(self, wrapped: dict[str, Reparameterized]) -> torch.Tensor:
-        drifts = [(1 - w.mask).abs().sum() for w in wrapped.values() if isinstance(w, NeuronMask)]
-        return self.eta * torch.stack(drifts).sum() if drifts else torch.zeros(())
+    def __call__(self, ctx) -> torch.Tensor:
+        drifts = [(1 - w.mask).abs().sum() for w in ctx.setup.wrapped.values() if isinstance(w, NeuronMask)]
+        return self.eta * torch.stack(drifts).sum() if drifts else None
+
+
+def _signed_sample_gradients(adapter, model, batch, params, generator, create_graph: bool):
+    """grad of sum_i s_i * loss_i with Rademacher signs s.
+
+    Its elementwise square and its squared norm are unbiased estimates of sum_i g_i^2 and
+    sum_i ||g_i||^2 (cross terms vanish in expectation), with one backward pass for the batch.
+    """
+    losses = adapter.sample_losses(model, batch)
+    signs = (torch.randint(0, 2, (len(losses),), generator=generator) * 2 - 1).to(losses)
+    grads = torch.autograd.grad((signs * losses).sum(), params, create_graph=create_graph)
+    return grads, len(losses)
+
+
+class FisherTrace:
+    """eta_F * Tr(F) of the empirical Fisher with true labels, E_x ||grad log p(y|x)||^2 (SFT).
+
+    Back-propagated every ``every`` steps: it needs a double backward.
+    """
+
+    name = "fisher_trace"
+
+    def __init__(self, eta: float, every: int, params: list[nn.Parameter], generator: torch.Generator):
+        self.eta, self.every, self.params, self.generator = eta, every, params, generator
+
+    def __call__(self, ctx) -> Optional[torch.Tensor]:
+        if ctx.step % self.every:
+            return None
+        s = ctx.setup
+        grads, n = _signed_sample_gradients(s.adapter, s.model, ctx.batch, self.params, self.generator, True)
+        return self.eta * sum((g * g).sum() for g in grads) / n
+
+
+class FisherWeightedDrift:
+    """(eta_r / 2) * sum_i diag(Fbar)_i (theta_i - theta0_i)^2, Fbar estimated once on the clean set (SFT)."""
+
+    name = "fisher_drift"
+
+    def __init__(self, eta: float, params: list[nn.Parameter], fisher: list[torch.Tensor]):
+        self.eta, self.params, self.fisher = eta, params, fisher
+        self.anchors = [p.detach().clone() for p in params]
+
+    def __call__(self, ctx) -> torch.Tensor:
+        return 0.5 * self.eta * sum((f * (p - a) ** 2).sum() for p, a, f in zip(self.params, self.anchors, self.fisher))
+
+
+def fisher_diagonal(setup, params: list[nn.Parameter], batch_size: int) -> list[torch.Tensor]:
+    """Mean per-sample squared gradients of the loss over the whole clean set, in eval mode."""
+    from torch.utils.data import DataLoader
+
+    model, adapter = setup.model, setup.adapter
+    was_training = model.training
+    model.eval()
+    total = [torch.zeros_like(p) for p in params]
+    count = 0
+    for batch in DataLoader(setup.data, batch_size=batch_size, collate_fn=adapter.collate):
+        batch = adapter.to_device(batch, setup.device)
+        grads, n = _signed_sample_gradients(adapter, model, batch, params, setup.generator, False)
+        for t, g in zip(total, grads):
+            t += g.detach() ** 2
+        count += n
+    model.train(was_training)
+    return [t / max(count, 1) for t in total]

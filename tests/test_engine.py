@@ -20,7 +20,7 @@ def _wrapped(model, data, adapter, placement="bn_gamma"):
     batch = adapter.collate([data[i] for i in range(8)])
     trace = trace_model(model, lambda m: adapter.forward(m, batch))
     targets = select_targets(model, trace, placement, [], [], mask_classifier=False)
-    return _wrap(model, targets), targets, batch
+    return _wrap(model, targets, "neuron_mask"), targets, batch
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)

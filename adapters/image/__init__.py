@@ -68,6 +68,9 @@ class ImageClassificationAdapter(Adapter):
     def loss(self, model, batch):
         return F.cross_entropy(self.forward(model, batch), batch[1])
 
+    def sample_losses(self, model, batch):
+        return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
+
     def _scan(self, data: Dataset) -> torch.Tensor:
         targets = getattr(data, "targets", None)
         if isinstance(targets, torch.Tensor) and len(targets) == len(data):
@@ -95,6 +98,10 @@ class ImageClassificationAdapter(Adapter):
         if len(labels.unique()) < 2:
             raise DataError(f"the clean set holds a single class ({int(labels[0])}); purification needs clean "
                             "samples of at least two classes, ideally all of them")
+
+    def few_shot(self, data, per_class, generator):
+        picked, _ = balanced_split(self._scan(data), per_class, generator)
+        return torch.utils.data.Subset(data, picked.tolist())
 
     def samples_per_class(self, data):
         labels = self._scan(data)

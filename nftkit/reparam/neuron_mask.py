@@ -116,3 +116,29 @@ class NeuronMask(Reparameterized):
 
     def extra_repr(self) -> str:
         return f"units={self.mask.numel()}, params={list(self.rule.params)}"
+
+
+class PerturbedNeuronMask(NeuronMask):
+    """A neural mask plus multiplicative neuron noise on weights and bias (ANP, Wu & Wang 2021).
+
+    With ``perturb`` on, unit j's weights are scaled by (m_j + d_j) and its bias by (1 + e_j);
+    d and e are the adversary's, bounded by eps, and are not folded.
+    """
+
+    def __init__(self, base_layer: nn.Module, rule: MaskRule):
+        super().__init__(base_layer, rule)
+        self.noise = nn.Parameter(torch.zeros_like(self.mask), requires_grad=False)
+        has_bias = isinstance(getattr(base_layer, "bias", None), torch.Tensor) and "bias" not in rule.params
+        self.noise_bias = nn.Parameter(torch.zeros_like(self.mask), requires_grad=False) if has_bias else None
+        self.perturb = False
+
+    def adversarial(self) -> list[nn.Parameter]:
+        return [p for p in (self.noise, self.noise_bias) if p is not None]
+
+    def forward(self, *args, **kwargs):
+        if not self.perturb:
+            return super().forward(*args, **kwargs)
+        params = self.rule.scaled(self.base_layer, self.mask + self.noise)
+        if self.noise_bias is not None and self.base_layer.bias.shape[0] == self.mask.shape[0]:
+            params["bias"] = self.base_layer.bias * (1 + self.noise_bias)
+        return functional_call(self.base_layer, params, args, kwargs)

@@ -1,0 +1,156 @@
+"""Benchmark suites: every method against every attack (and model) on shared cached victims, one table.
+
+A suite is YAML data in recipes/bench/<domain>/<name>.yaml built on a base recipe.
+"""
+from __future__ import annotations
+
+import math
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from pydantic import Field
+
+from .config import StrictModel, validate
+from .errors import ConfigError
+from .experiment import build_experiment, build_victim
+from .io import staged_dir, write_json, write_yaml
+from .purify import purify, resolve_config
+from .recipe import apply_overrides, load_recipe
+
+
+class SuiteConfig(StrictModel):
+    description: str = ""
+    base: str  # recipe the grid is built on
+    overrides: list[str] = Field(default_factory=list)  # applied to the base recipe for every row
+    models: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})  # name -> model section
+    attacks: dict[str, dict[str, Any]]  # name -> attack section
+    methods: dict[str, dict[str, Any]]  # row name -> defense keys (+ few_shot: n clean samples per class)
+    reference: str = "nft"  # runtime ratios are relative to this row
+    diagnostics: bool = False  # Hessian lambda_max / trace before and after (slow)
+
+
+def list_suites(pattern: str = "*") -> list[str]:
+    import fnmatch
+
+    root = resources.files("nftkit.recipes").joinpath("bench")
+    names = []
+    if root.is_dir():
+        for domain in root.iterdir():
+            if domain.is_dir():
+                names += [f"{domain.name}/{f.name[:-5]}" for f in domain.iterdir() if f.name.endswith(".yaml")]
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def load_suite(name: str, overrides: list[str] = ()) -> SuiteConfig:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text = path.read_text()
+    else:
+        item = resources.files("nftkit.recipes").joinpath("bench", *f"{name}.yaml".split("/"))
+        if not item.is_file():
+            raise ConfigError(f"unknown benchmark suite '{name}'; known suites: {', '.join(list_suites()) or 'none'}")
+        text = item.read_text()
+    raw = apply_overrides(yaml.safe_load(text) or {}, list(overrides))
+    return validate(SuiteConfig, raw)
+
+
+def _row_config(suite: SuiteConfig, row: str, base: dict[str, Any]) -> tuple[Any, Optional[int]]:
+    spec = dict(suite.methods[row])
+    few_shot = spec.pop("few_shot", None)
+    run = {"seed": base.get("seed", 0), "device": base.get("device", "cpu")}
+    return resolve_config(None, {**run, **spec}), few_shot
+
+
+def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print) -> dict[str, Any]:
+    suite = load_suite(name, overrides)
+    if suite.reference not in suite.methods:
+        raise ConfigError(f"reference method '{suite.reference}' is not one of the suite's methods {list(suite.methods)}")
+    base = load_recipe(suite.base, suite.overrides)
+    for row in suite.methods:  # validate every row before spending any compute
+        _row_config(suite, row, base)
+    if out is None:
+        out = Path("runs") / "bench" / name.replace("/", "_") / time.strftime("%Y%m%d-%H%M%S")
+    rows: list[dict[str, Any]] = []
+    with staged_dir(Path(out)) as stage:
+        write_yaml(stage / "resolved.yaml", suite.model_dump())
+        for model_name, model_section in suite.models.items():
+            for attack_name, attack_section in suite.attacks.items():
+                raw = dict(base, model={**base.get("model", {}), **model_section}, attack=attack_section)
+                exp = build_experiment(suite.base, raw)
+                splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
+                victim, attack, poisoned_test, meta = build_victim(exp, splits, log)
+                device = torch.device(exp.recipe.device)
+
+                def measure(model):
+                    return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
+
+                before = measure(victim)
+                log(f"[{model_name} / {attack_name}] backdoored: {before}")
+                for row in suite.methods:
+                    cfg, few_shot = _row_config(suite, row, raw)
+                    clean = splits.clean
+                    if few_shot:
+                        clean = exp.adapter.few_shot(clean, few_shot, torch.Generator().manual_seed(cfg.seed))
+                    extra = {}
+                    if suite.diagnostics:
+                        from .diagnostics import smoothness
+
+                        extra["before_diag"] = smoothness(victim, exp.adapter, splits.clean, device=device)
+                    result = purify(victim, exp.adapter, clean, config=cfg)
+                    after = measure(result.model)
+                    if suite.diagnostics:
+                        extra["after_diag"] = smoothness(result.model, exp.adapter, splits.clean, device=device)
+                    log(f"[{model_name} / {attack_name}] {row}: {after} in {result.runtime_s:.1f}s")
+                    rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,
+                                 "after": after, "runtime_s": result.runtime_s, "n_clean": len(clean),
+                                 "victim_cached": meta["cached"], "config": result.config.model_dump(), **extra})
+                    write_json(stage / "rows.json", rows)  # partial progress visible inside the staged folder
+        summary = summarize(rows, suite.reference)
+        table = render_table(rows, summary, name)
+        (stage / "table.md").write_text(table)
+        write_json(stage / "results.json", {"suite": name, "rows": rows, "summary": summary})
+    log(table)
+    log(f"wrote {out}")
+    return {"rows": rows, "summary": summary, "out": str(out)}
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(rows: list[dict[str, Any]], reference: str) -> dict[str, dict[str, float]]:
+    """Per method: mean of each metric after, mean change from before, mean runtime and ratio to the reference."""
+    summary: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        keys = list(dict.fromkeys(k for r in mine for k in r["after"]))
+        entry = {k: _mean([r["after"].get(k) for r in mine]) for k in keys}
+        entry.update({f"{k}_change": _mean([r["after"].get(k, math.nan) - r["before"].get(k, math.nan) for r in mine])
+                      for k in keys})
+        entry["runtime_s"] = _mean([r["runtime_s"] for r in mine])
+        summary[method] = entry
+    ref = summary.get(reference, {}).get("runtime_s")
+    for entry in summary.values():
+        entry["runtime_ratio"] = entry["runtime_s"] / ref if ref else float("nan")
+    return summary
+
+
+def render_table(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]], name: str) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r["after"]))
+    head = "| model | attack | method | " + " | ".join(f"{k.upper()} before | {k.upper()} after" for k in keys) + " | runtime (s) |"
+    lines = [f"# nftkit bench {name}", "", head, "|" + "---|" * (4 + 2 * len(keys))]
+    for r in rows:
+        cells = " | ".join(f"{r['before'].get(k, math.nan):.2f} | {r['after'].get(k, math.nan):.2f}" for k in keys)
+        lines.append(f"| {r['model']} | {r['attack']} | {r['method']} | {cells} | {r['runtime_s']:.1f} |")
+    lines += ["", "## Averages per method", "",
+              "| method | " + " | ".join(f"{k.upper()} | {k.upper()} change" for k in keys) + " | runtime (s) | runtime / reference |",
+              "|" + "---|" * (3 + 2 * len(keys))]
+    for method, s in summary.items():
+        cells = " | ".join(f"{s[k]:.2f} | {s[k + '_change']:+.2f}" for k in keys)
+        lines.append(f"| {method} | {cells} | {s['runtime_s']:.1f} | {s['runtime_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"

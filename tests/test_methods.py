@@ -1,0 +1,108 @@
+"""Every method runs through the one loop and folds back to a plain model; method-specific parts are checked."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nftkit
+from nftkit.diagnostics import smoothness
+from nftkit.reparam import SpectralShift
+from nftkit.regularizers import _signed_sample_gradients
+
+from conftest import TINY_MODELS
+
+
+@pytest.mark.parametrize("method", ["nft", "ft", "ft_sam", "anp", "sft", "fast_sft"])
+def test_every_method_runs_and_returns_a_plain_model(method, tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["conv_bn"]()
+    result = nftkit.purify(model, adapter3, tiny_data, method=method, steps=3, batch_size=8)
+    assert type(result.model) is type(model)
+    assert list(result.model.state_dict()) == list(model.state_dict())
+    assert result.config.method == method and len(result.history) == 3
+
+
+def test_sam_takes_a_second_pass(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["mlp"]()
+    sam = nftkit.purify(model, adapter3, tiny_data, method="ft_sam", steps=2, batch_size=8, sam_rho=0.5)
+    ft = nftkit.purify(model, adapter3, tiny_data, method="ft", steps=2, batch_size=8)
+    assert "sharp_loss" in sam.history[0] and sam.history[0]["sharp_loss"] > sam.history[0]["loss"]
+    assert any(not torch.equal(a, b) for a, b in zip(sam.model.state_dict().values(), ft.model.state_dict().values()))
+
+
+def test_anp_prunes_by_threshold(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["conv"]()
+    result = nftkit.purify(model, adapter3, tiny_data, method="anp", steps=5, batch_size=8, lr=1.0, anp_threshold=0.999)
+    for name, mask in result.masks.items():
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        pruned = mask == 0
+        weight = result.model.get_submodule(name).weight
+        assert torch.all(weight[pruned] == 0)
+        assert torch.equal(weight[~pruned], model.get_submodule(name).weight[~pruned])
+    assert any((m == 0).any() for m in result.masks.values()), "masks that moved at all fall under a 0.999 threshold"
+
+
+def test_spectral_shift_wraps_and_folds_exactly():
+    torch.manual_seed(0)
+    for layer, x in [(nn.Linear(6, 4), torch.rand(3, 6)), (nn.Conv2d(2, 5, 3), torch.rand(2, 2, 7, 7))]:
+        base = copy.deepcopy(layer)
+        wrapper = SpectralShift(layer)
+        assert [n for n, _ in wrapper.named_parameters()][0] == "delta"
+        assert {"u", "s", "vh"} <= {n for n, _ in wrapper.named_buffers()}
+        with torch.no_grad():
+            assert torch.allclose(wrapper(x), base(x), atol=1e-5)
+            wrapper.delta.uniform_(-0.3, 0.3)
+            expected = wrapper(x)
+            folded = wrapper.fold()
+            assert torch.allclose(folded(x), expected, atol=1e-6)
+            assert torch.equal(folded.bias, base.bias)
+
+
+def test_signed_gradient_estimates_fisher_trace_and_diagonal(adapter3):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    params = list(model.parameters())
+    per_sample = [torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params) for i in range(5)]
+    exact_diag = [sum(g[k] ** 2 for g in per_sample) for k in range(2)]
+    g = torch.Generator().manual_seed(1)
+    est = [torch.zeros_like(p) for p in params]
+    draws = 3000
+    for _ in range(draws):
+        grads, _ = _signed_sample_gradients(adapter3, model, (x, y), params, g, False)
+        for e, gr in zip(est, grads):
+            e += gr ** 2 / draws
+    for e, ex in zip(est, exact_diag):
+        assert torch.allclose(e, ex, rtol=0.15, atol=1e-4)
+    assert abs(sum(e.sum() for e in est) - sum(ex.sum() for ex in exact_diag)) < 0.05 * sum(ex.sum() for ex in exact_diag)
+
+
+def test_sft_drift_term_anchors_at_the_start(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["mlp"]()
+    result = nftkit.purify(model, adapter3, tiny_data, method="sft", steps=4, batch_size=8, fisher_every=2)
+    rows = result.history
+    assert rows[0]["fisher_drift"] == 0.0 and rows[3]["fisher_drift"] > 0
+    assert "fisher_trace" in rows[0] and "fisher_trace" not in rows[1] and "fisher_trace" in rows[2]
+
+
+def test_diagnostics_match_the_exact_hessian(adapter3):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    data = [(torch.rand(1, 2, 2), i % 3) for i in range(12)]
+    x = torch.stack([d[0] for d in data])
+    y = torch.tensor([d[1] for d in data])
+    w, b = model[1].weight, model[1].bias
+
+    def loss(flat):
+        return F.cross_entropy(x.flatten(1) @ flat[:12].view(3, 4).T + flat[12:], y)
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([w.detach().flatten(), b.detach()]))
+    eig = torch.linalg.eigvalsh(hessian)
+    out = smoothness(model, adapter3, data, samples=12, iterations=100, probes=2000)
+    assert abs(out["lambda_max"] - eig.max().item()) < 1e-3 * max(1.0, eig.max().item())
+    assert abs(out["hessian_trace"] - hessian.trace().item()) < 0.1 * hessian.trace().item()
