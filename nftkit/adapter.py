@@ -97,6 +97,15 @@ class Adapter:
     def build_model(self, cfg: StrictModel) -> nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def from_user_data(cls, path: str, num_classes: Optional[int] = None) -> tuple["Adapter", Dataset, dict[str, Any]]:
+        """For ``nftkit purify``: read the user's clean data at ``path`` and return (adapter, dataset, info)."""
+        raise NotImplementedError(f"the {cls.name} adapter cannot read user data yet")
+
+    def load_user_data(self, path: str) -> Dataset:
+        """Read more data of the same kind (e.g. a test folder) for this adapter."""
+        raise NotImplementedError
+
     def evaluate(self, model: nn.Module, test: Dataset, poisoned_test: Optional[Dataset], attack: Any,
                  device: torch.device, batch_size: int = 256) -> dict[str, float]:
         raise NotImplementedError

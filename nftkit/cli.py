@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import NftkitError
+from .errors import Interrupted, NftkitError
 
 
 def _recipe_list(args) -> None:
@@ -25,7 +25,26 @@ def _recipe_show(args) -> None:
 def _recipe_run(args) -> None:
     from .experiment import run
 
-    run(args.name, args.overrides, Path(args.out) if args.out else None)
+    run(args.name, args.overrides, Path(args.out) if args.out else None, resume=args.resume)
+
+
+def _bench(args) -> None:
+    from .bench import list_suites, run_suite
+
+    if args.list:
+        print("\n".join(list_suites()))
+        return
+    if not args.name:
+        raise NftkitError("name a benchmark suite, e.g. 'nftkit bench image/fmnist' (see 'nftkit bench --list')")
+    run_suite(args.name, args.overrides, Path(args.out) if args.out else None)
+
+
+def _purify(args) -> None:
+    from .byom import purify_checkpoint
+
+    purify_checkpoint(args.model, args.arch, args.adapter, args.data, args.overrides, out=args.out,
+                      method=args.method, test=args.test, attack=args.attack, num_classes=args.num_classes,
+                      resume=args.resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +63,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="recipe name (see 'nftkit recipe list') or path to a .yaml file")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. defense.steps=200 seed=1")
     p.add_argument("--out", help="output folder (must not hold another run); default runs/<recipe>/<time>")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run of --out")
     p.set_defaults(func=_recipe_run)
+
+    p = sub.add_parser("purify", help="purify your own checkpoint with your own clean data")
+    p.add_argument("--model", required=True, help="checkpoint: .safetensors or a torch.save'd state_dict (never unpickled)")
+    p.add_argument("--arch", required=True, help="registered model name (e.g. preactresnet18, resnet18) or module:Class")
+    p.add_argument("--adapter", default="image", help="domain adapter (default: image)")
+    p.add_argument("--data", required=True, help="clean data: an ImageFolder folder or a tensor file (images, labels)")
+    p.add_argument("--test", help="test data in the same form, to measure ACC (and ASR with --attack)")
+    p.add_argument("--attack", help="attack whose trigger to test ASR with, e.g. badnets; attack.key=value sets its options")
+    p.add_argument("--method", default="nft", help="purification method (default: nft)")
+    p.add_argument("--num-classes", type=int, help="number of classes (default: from the data)")
+    p.add_argument("--out", help="output folder; default runs/purify/<time>")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run of --out")
+    p.add_argument("overrides", nargs="*", help="config keys, e.g. steps=500 lr=0.05 model.width=16 attack.target=0")
+    p.set_defaults(func=_purify)
+
+    p = sub.add_parser("bench", help="run a benchmark suite: methods x attacks on shared cached victims, one table")
+    p.add_argument("name", nargs="?", help="suite name, e.g. image/fmnist")
+    p.add_argument("overrides", nargs="*", help="suite keys, e.g. overrides=[data.train_limit=5000]")
+    p.add_argument("--list", action="store_true", help="list the suites")
+    p.add_argument("--out", help="output folder; default runs/bench/<suite>/<time>")
+    p.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options too
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
+    except Interrupted as err:
+        print(f"nftkit: {err}", file=sys.stderr)
+        return 130
     except NftkitError as err:
         if args.debug:
             raise

@@ -66,6 +66,7 @@ class PurifyConfig(StrictModel):
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
+    checkpoint_every: int = Field(default=100, ge=0)  # steps between saved run states when a checkpoint file is given (0: only on Ctrl-C)
 
     def total_steps(self, n_samples: int) -> int:
         if self.steps is not None:

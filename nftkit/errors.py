@@ -18,3 +18,7 @@ class DataError(NftkitError):
 
 class ModelError(NftkitError):
     """A model or checkpoint that cannot be used as given."""
+
+
+class Interrupted(NftkitError):
+    """The user stopped a run (Ctrl-C); what was finished is kept and the message says how to resume."""

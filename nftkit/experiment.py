@@ -77,7 +77,8 @@ def validate_section(section: dict[str, Any], where: str) -> dict[str, Any]:
     return validate(PurifyConfig, section, where).model_dump(exclude_unset=True)
 
 
-def build_victim(exp: Experiment, splits, log) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
+def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
+                 resume: bool = False) -> tuple[torch.nn.Module, Any, Any, dict[str, Any]]:
     """Poison the data, then train the victim or take it from the cache."""
     s = exp.sections
     attack = None
@@ -89,7 +90,7 @@ def build_victim(exp: Experiment, splits, log) -> tuple[torch.nn.Module, Any, An
         poisoned_test = attack.poison_test(splits.test)
     model = exp.adapter.build_model(s["model"])
     spec = {"adapter": exp.recipe.adapter, "data": s["data"].model_dump(), "model": s["model"].model_dump(),
-            "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}),
+            "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),
             "seed": exp.recipe.seed}
     key = victim_key(spec)
     meta = load_victim(model, key) if exp.recipe.cache_victim else None
@@ -98,21 +99,24 @@ def build_victim(exp: Experiment, splits, log) -> tuple[torch.nn.Module, Any, An
         return model, attack, poisoned_test, {**meta, "cached": True, "key": key}
     log(f"victim: training {s['model'].model_dump()} on {len(train)} samples ...")
     torch.manual_seed(exp.recipe.seed)
-    trained = purify(model, exp.adapter, train, config=s["victim"])
+    state = state_dir / "victim_state.safetensors" if state_dir is not None else None
+    trained = purify(model, exp.adapter, train, config=s["victim"], checkpoint=state, resume=resume)
     meta = {"train_time_s": trained.runtime_s, "steps": trained.config.steps, "spec": spec}
     if exp.recipe.cache_victim:
         store_victim(trained.model, key, meta)
     return trained.model, attack, poisoned_test, {**meta, "cached": False, "key": key}
 
 
-def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print) -> dict[str, Any]:
+def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print, resume: bool = False) -> dict[str, Any]:
     exp = prepare(name, overrides)
     if out is None:
+        if resume:
+            raise ConfigError("--resume needs the --out folder of the run to continue")
         out = Path("runs") / name.replace("/", "_").removesuffix(".yaml") / time.strftime("%Y%m%d-%H%M%S")
-    with staged_dir(Path(out)) as stage:
+    with staged_dir(Path(out), resume) as stage:
         write_yaml(stage / "resolved.yaml", exp.resolved())
         splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
-        victim, attack, poisoned_test, victim_meta = build_victim(exp, splits, log)
+        victim, attack, poisoned_test, victim_meta = build_victim(exp, splits, log, stage, resume)
         device = torch.device(exp.recipe.device)
 
         def measure(model):
@@ -120,7 +124,8 @@ def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=pr
 
         before = measure(victim)
         log(f"before: {_fmt(before)}")
-        result: PurifyResult = purify(victim, exp.adapter, splits.clean, config=exp.sections["defense"])
+        result: PurifyResult = purify(victim, exp.adapter, splits.clean, config=exp.sections["defense"],
+                                      checkpoint=stage / "state.safetensors", resume=resume)
         after = measure(result.model)
         log(f"after {result.config.method}: {_fmt(after)} in {result.runtime_s:.1f}s")
         exp.sections["defense"] = result.config
@@ -134,6 +139,8 @@ def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=pr
         write_json(stage / "history.json", result.history)
         (stage / "report.md").write_text(render_report(results, result))
         write_json(stage / "results.json", results)
+        for state in stage.glob("*state.safetensors"):
+            state.unlink()
     log(f"wrote {out}")
     results["out"] = str(out)
     return results

@@ -92,14 +92,24 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield a hidden sibling folder to write into; it becomes ``out`` only when the block succeeds."""
+def staged_dir(out: Path, resume: bool = False) -> Iterator[Path]:
+    """Yield ``.<out>.partial`` to write into; it becomes ``out`` only when the block succeeds.
+
+    An interrupted run (Ctrl-C, SIGKILL) leaves the partial folder with its saved state, which
+    ``resume=True`` continues; any other failure removes it, so nothing half-written remains.
+    """
+    from .errors import Interrupted
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NftkitError(f"output folder '{out}' already exists and is not empty; choose another --out or remove it")
+    stage = out.parent / f".{out.name}.partial"
+    if stage.exists() and not resume:
+        raise NftkitError(f"an unfinished run is in '{stage}'; continue it with --resume (same command), or delete it")
+    if resume and not stage.exists():
+        raise NftkitError(f"there is no unfinished run for '{out}' to resume; run without --resume")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+        stage.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NftkitError(f"cannot write to '{out.parent}' ({err.strerror}); choose a writable --out") from None
     try:
@@ -107,6 +117,8 @@ def staged_dir(out: Path) -> Iterator[Path]:
         if out.exists():
             out.rmdir()
         os.replace(stage, out)
+    except (Interrupted, KeyboardInterrupt):
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

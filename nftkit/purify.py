@@ -4,16 +4,18 @@ from __future__ import annotations
 import copy
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .adapter import Adapter
 from .config import PurifyConfig, validate
-from .errors import ConfigError, ModelError
+from .checkpoint import checkpoint_config, existing, load_state, save_state
+from .errors import ConfigError, Interrupted, ModelError
 from .methods import METHODS, Method
 from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
@@ -101,11 +103,13 @@ def _targets(model: nn.Module, trace, cfg: PurifyConfig, reparam: str) -> list[T
 
 def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[str] = None,
            config: Any = None, on_step: Optional[Callable[[int, nn.Module], None]] = None,
-           **overrides) -> PurifyResult:
+           checkpoint: Optional[Path] = None, resume: bool = False, **overrides) -> PurifyResult:
     """Purify ``model`` with the clean set ``data``; the input model is never modified.
 
     ``method`` and any :class:`PurifyConfig` field can be given as keywords (``steps=500, lr=0.05``).
     ``on_step(step, wrapped_model)`` is called after every optimiser step and projection.
+    ``checkpoint``: a file the run state is written to every ``checkpoint_every`` steps and on Ctrl-C;
+    with ``resume=True`` an existing one is read first and the run continues where it stopped.
     """
     cfg = resolve_config(method, config, **overrides)
     chosen = METHODS.get(cfg.method)
@@ -132,29 +136,44 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
 
     optimizer = torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     total = cfg.total_steps(len(data))
-    sampler = RandomSampler(data, replacement=True, num_samples=total * cfg.batch_size, generator=generator)
-    loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=adapter.collate,
-                        num_workers=cfg.num_workers)
+    # every step's sample indices are fixed up front by the seed, so a resumed run draws the same batches
+    indices = torch.randint(len(data), (total, cfg.batch_size), generator=torch.Generator().manual_seed(cfg.seed))
     history: list[dict[str, float]] = []
+    first = 0
+    state_config = checkpoint_config(cfg.model_copy(update={"steps": total}))
+    if resume and existing(checkpoint):
+        first, history = load_state(checkpoint, work, optimizer, generator, state_config)
+    loader = DataLoader(data, batch_sampler=indices[first:].tolist(), collate_fn=adapter.collate,
+                        num_workers=cfg.num_workers)
     _set_train_mode(work, cfg.bn_mode)
-    progress = _progress(total, cfg.progress, cfg.method)
+    progress = _progress(total, cfg.progress, cfg.method, first)
     start = time.perf_counter()
-    for step, batch in enumerate(loader):
-        lr = _lr_at(cfg, step, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = adapter.augment(adapter.to_device(batch, device), cfg.augment, generator)
-        terms = chosen.step(StepContext(step, batch, setup, optimizer, regularizers))
-        if not torch.isfinite(terms["loss"]):
-            raise ModelError(f"the loss became {terms['loss'].item()} at step {step}; lower the learning rate (lr={lr:g})")
-        with torch.no_grad():
-            for w, low in zip(wrapped.values(), bounds):
-                if isinstance(w, NeuronMask):
-                    w.mask.clamp_(low, 1.0)
-        history.append({"step": step, "lr": lr, **{k: float(v.detach()) for k, v in terms.items()}})
-        progress.update(1)
-        if on_step is not None:
-            on_step(step, work)
+    step = first - 1
+    try:
+        for step, batch in enumerate(loader, start=first):
+            lr = _lr_at(cfg, step, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = adapter.augment(adapter.to_device(batch, device), cfg.augment, generator)
+            terms = chosen.step(StepContext(step, batch, setup, optimizer, regularizers))
+            if not torch.isfinite(terms["loss"]):
+                raise ModelError(f"the loss became {terms['loss'].item()} at step {step}; lower the learning rate (lr={lr:g})")
+            with torch.no_grad():
+                for w, low in zip(wrapped.values(), bounds):
+                    if isinstance(w, NeuronMask):
+                        w.mask.clamp_(low, 1.0)
+            history.append({"step": step, "lr": lr, **{k: float(v.detach()) for k, v in terms.items()}})
+            progress.update(1)
+            if on_step is not None:
+                on_step(step, work)
+            if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                save_state(checkpoint, step, work, optimizer, generator, history, state_config)
+    except KeyboardInterrupt:
+        if checkpoint is not None and step >= first:
+            save_state(checkpoint, step, work, optimizer, generator, history, state_config)
+            raise Interrupted(f"interrupted after step {step + 1} of {total}; the state is saved in {checkpoint}: "
+                              "run the same command with --resume to continue") from None
+        raise
     if chosen.finish is not None:
         chosen.finish(setup)
     runtime = time.perf_counter() - start
@@ -169,7 +188,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     return PurifyResult(work, masks, history, resolved, runtime, targets)
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def _progress(total: int, enabled: bool, desc: str, done: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="step", leave=False)
+    return tqdm(total=total, initial=done, disable=not enabled, desc=desc, unit="step", leave=False)

@@ -16,7 +16,7 @@ from nftkit.metrics import BackdoorMetrics
 
 from . import attacks, zoo  # noqa: F401  register image attacks and datasets
 from .augment import mixup, random_crop_flip
-from .data import ImageTensorDataset, balanced_split, load_image_dataset
+from .data import ImageTensorDataset, balanced_split, load_image_dataset, read_user_images
 from .models import IMAGE_MODELS, build_image_model
 
 __all__ = ["IMAGE_MODELS", "ImageClassificationAdapter", "ImageTensorDataset", "build_image_model"]
@@ -126,6 +126,17 @@ class ImageClassificationAdapter(Adapter):
         self.info = {"num_classes": self.num_classes, "image_shape": tuple(train.images.shape[1:]), "classes": names,
                      "n_train": len(rest), "n_clean": len(clean_idx), "n_test": len(test), "clean_per_class": per_class}
         return Splits(train.subset(rest), train.subset(clean_idx), test, dict(self.info))
+
+    @classmethod
+    def from_user_data(cls, path, num_classes=None):
+        data, names = read_user_images(path)
+        n = num_classes or len(names)
+        adapter = cls(num_classes=n)
+        adapter.info = {"num_classes": n, "image_shape": tuple(data.images.shape[1:]), "classes": names, "n_clean": len(data)}
+        return adapter, data, dict(adapter.info)
+
+    def load_user_data(self, path):
+        return read_user_images(path)[0]
 
     def build_model(self, cfg: ImageModelConfig) -> nn.Module:
         return build_image_model(cfg.arch, self.num_classes, self.info["image_shape"][0], cfg.width)

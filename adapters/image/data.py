@@ -151,3 +151,47 @@ def balanced_split(labels: torch.Tensor, per_class: int, generator: torch.Genera
     rest = torch.ones(len(labels), dtype=torch.bool)
     rest[picked_t] = False
     return picked_t, rest.nonzero().flatten()
+
+
+def _open_image(path: str):
+    """Keep grayscale images single-channel (torchvision's default loader turns everything into RGB)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.copy() if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def read_user_images(path: str) -> tuple[ImageTensorDataset, list[str]]:
+    """The user's images: an ImageFolder tree (class folders of image files) or a tensor file holding
+    ``images`` (N x C x H x W, floats in [0, 1] or uint8) and ``labels`` (N)."""
+    from nftkit.io import load_tensors
+
+    root = Path(os.path.expanduser(path))
+    if root.is_file():
+        tensors = load_tensors(root)
+        if "images" not in tensors or "labels" not in tensors:
+            raise DataError(f"'{root}' must hold tensors named 'images' and 'labels', found {sorted(tensors)[:5]}")
+        images = tensors["images"]
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if images.dim() != 4:
+            raise DataError(f"'images' in '{root}' has shape {tuple(images.shape)}; it must be N x C x H x W")
+        labels = tensors["labels"].long()
+        return ImageTensorDataset(images, labels), [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    if not root.is_dir():
+        raise DataError(f"data folder '{root}' does not exist; give a folder of class subfolders of images "
+                        "(ImageFolder layout) or a tensor file with 'images' and 'labels'")
+    import torchvision
+    from torchvision.transforms import v2
+
+    try:
+        folder = torchvision.datasets.ImageFolder(str(root), loader=_open_image,
+                                                  transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"'{root}' is not an image folder ({err}); put images in one subfolder per class") from None
+    items = [folder[i] for i in range(len(folder))]
+    shapes = {tuple(x.shape) for x, _ in items}
+    if len(shapes) > 1:
+        raise DataError(f"the images in '{root}' have different sizes {sorted(shapes)[:3]}; resize them to one size")
+    if not items:
+        raise DataError(f"'{root}' holds no images; put images in one subfolder per class")
+    return ImageTensorDataset(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])), folder.classes

@@ -1,0 +1,61 @@
+"""Crash-safe run state: written atomically every N steps, read back by ``resume``.
+
+Holds everything the loop needs to continue bit-identically: the wrapped model's state (tunables and
+BatchNorm statistics), the optimiser's momentum, the random generators and the history so far.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+
+from .errors import NftkitError
+from .io import save_tensors
+
+
+def save_state(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+               generator: torch.Generator, history: list[dict[str, float]], config: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"momentum.{i}"] = buf
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"step": str(step), "history": json.dumps(history), "config": json.dumps(config, sort_keys=True)}
+    save_tensors(path, tensors, metadata=meta)
+
+
+def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+               config: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
+    """Restore the state in place; return (next step, history so far)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    saved = json.loads(meta.get("config", "{}"))
+    if saved != json.loads(json.dumps(config, sort_keys=True)):
+        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise NftkitError(f"checkpoint '{path}' was made with a different config (differs in {changed[:5]}); "
+                          "resume with the same recipe and overrides, or start a new run")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        if f"momentum.{i}" in tensors:
+            optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"]) + 1, json.loads(meta["history"])
+
+
+def checkpoint_config(cfg) -> dict[str, Any]:
+    """The parts of the config that must match for a resume to be exact."""
+    return cfg.model_dump(exclude={"progress", "num_workers", "checkpoint_every"})
+
+
+def existing(path: Optional[Path]) -> bool:
+    return path is not None and Path(path).is_file()
