@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
+CGAL := /usr/share/datasets/cgal-meshes
+# Debian packages holding the embedded real data: images, translation pairs, WordNet, Apertium (paraphrases)
+APT_DATA := dataset-fashion-mnist trans-de-en wordnet-base apertium apertium-eng-spa
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup apt-data demo test bench clean
 
 $(BIN)/nftkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +17,17 @@ $(BIN)/nftkit: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-$(FMNIST):
-	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
+apt-data:
+	@dpkg -s $(APT_DATA) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_DATA); }
 
-setup: $(BIN)/nftkit $(FMNIST)
+# the CGAL demo meshes (point clouds) are unpacked from the .deb, not installed (installing pulls 82 packages)
+$(CGAL): | apt-data
+	cd /tmp && $(SUDO) apt-get download libcgal-demo && $(SUDO) dpkg -x libcgal-demo_*_all.deb /tmp/cgal-demo
+	$(SUDO) mkdir -p $(CGAL)
+	$(SUDO) tar xzf /tmp/cgal-demo/usr/share/doc/libcgal-dev/data.tar.gz -C $(CGAL) --strip-components=2 data/meshes
+
+setup: $(BIN)/nftkit apt-data $(CGAL)
 
 demo: setup
 	$(BIN)/nftkit recipe run image/fmnist_badnets

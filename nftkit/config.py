@@ -57,6 +57,8 @@ class PurifyConfig(StrictModel):
     anp_alpha: float = Field(default=0.2, ge=0, le=1)
     anp_steps: int = Field(default=1, ge=0)
     anp_threshold: float = Field(default=0.2, ge=0, le=1)
+    # FST: weight of the penalty on alignment between the new and the original head
+    fst_alpha: float = Field(default=0.2, ge=0)
     # data
     augment: Literal["mix", "basic", "none"] = "mix"
     mix_alpha: float = Field(default=1.0, gt=0)

@@ -88,6 +88,7 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
         g = torch.Generator().manual_seed(exp.recipe.seed)
         train = attack.poison_train(splits.train, g)
         poisoned_test = attack.poison_test(splits.test)
+    torch.manual_seed(exp.recipe.seed)  # initial weights must not depend on what ran before
     model = exp.adapter.build_model(s["model"])
     spec = {"adapter": exp.recipe.adapter, "data": s["data"].model_dump(), "model": s["model"].model_dump(),
             "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),

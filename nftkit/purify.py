@@ -20,7 +20,7 @@ from .methods import METHODS, Method
 from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
 from .schedules import lower_bounds
-from .targeting import Target, select_targets, trace_model
+from .targeting import Target, classifier_name, select_targets, trace_model
 
 
 @dataclass
@@ -131,7 +131,10 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     if chosen.reparam in ("neuron_mask", "perturbed_mask"):
         bounds = lower_bounds(cfg.schedule, [t.depth for t in targets], cfg.alpha, cfg.beta)
     tunables = [p for w in wrapped.values() for p in w.tunable()] or [p for p in work.parameters()]
-    setup = Setup(cfg, work, wrapped, tunables, adapter, data, device, generator, adapter.samples_per_class(data))
+    setup = Setup(cfg, work, wrapped, tunables, adapter, data, device, generator, adapter.samples_per_class(data),
+                  classifier_name(work, trace))
+    if chosen.prepare is not None:
+        chosen.prepare(setup)
     regularizers = chosen.regularizers(setup)
 
     optimizer = torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

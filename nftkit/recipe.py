@@ -1,6 +1,7 @@
 """Recipes: YAML data under recipes/<domain>/<name>.yaml, installed as nftkit.recipes."""
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -65,7 +66,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    out = yaml.safe_load(yaml.safe_dump(recipe))  # deep copy of plain data
+    out = copy.deepcopy(recipe)
     for text in overrides:
         path, value = parse_override(text)
         node = out

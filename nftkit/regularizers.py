@@ -86,3 +86,16 @@ def fisher_diagonal(setup, params: list[nn.Parameter], batch_size: int) -> list[
         count += n
     model.train(was_training)
     return [t / max(count, 1) for t in total]
+
+
+class HeadAlignment:
+    """alpha * <w, w0> over the output head's weights (FST, Min et al. 2023): pushes the re-initialised
+    head away from the backdoored one, so the features must shift to fit the clean data."""
+
+    name = "head_alignment"
+
+    def __init__(self, alpha: float, head: nn.Module, original: torch.Tensor):
+        self.alpha, self.head, self.original = alpha, head, original
+
+    def __call__(self, ctx) -> torch.Tensor:
+        return self.alpha * (self.head.weight * self.original).sum()

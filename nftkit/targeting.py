@@ -85,13 +85,19 @@ def select_targets(model: nn.Module, trace: Trace, placement: str, include: list
         if placement != "weight_rows" and name in trace.feeds_norm:
             continue
         candidates.append((name, module, rule))
-    if candidates and not mask_classifier:
-        last_affine = [c for c in candidates if not is_batchnorm(c[1])]
-        if last_affine:
-            candidates = [c for c in candidates if c[0] != last_affine[-1][0]]
+    if not mask_classifier:
+        head = classifier_name(model, trace)
+        candidates = [c for c in candidates if c[0] != head]
     if include:
         candidates = [c for c in candidates if _matches(c[0], include)]
     if exclude:
         candidates = [c for c in candidates if not _matches(c[0], exclude)]
     return [Target(name, type(m).__name__, rule.units(m), depth, rule)
             for depth, (name, m, rule) in enumerate(candidates, start=1)]
+
+
+def classifier_name(model: nn.Module, trace: Trace) -> Optional[str]:
+    """The output head: the last executed layer with a plain weight-rows mask rule (Linear, Conv)."""
+    heads = [n for n in trace.order
+             if (rule := mask_rule(model.get_submodule(n), "weight_rows")) is not None and list(rule.params) == ["weight"]]
+    return heads[-1] if heads else None

@@ -14,7 +14,7 @@ from nftkit.regularizers import _signed_sample_gradients
 from conftest import TINY_MODELS
 
 
-@pytest.mark.parametrize("method", ["nft", "ft", "ft_sam", "anp", "sft", "fast_sft"])
+@pytest.mark.parametrize("method", ["nft", "ft", "ft_sam", "anp", "sft", "fast_sft", "fst"])
 def test_every_method_runs_and_returns_a_plain_model(method, tiny_data, adapter3):
     torch.manual_seed(0)
     model = TINY_MODELS["conv_bn"]()
@@ -106,3 +106,18 @@ def test_diagnostics_match_the_exact_hessian(adapter3):
     out = smoothness(model, adapter3, data, samples=12, iterations=100, probes=2000)
     assert abs(out["lambda_max"] - eig.max().item()) < 1e-3 * max(1.0, eig.max().item())
     assert abs(out["hessian_trace"] - hessian.trace().item()) < 0.1 * hessian.trace().item()
+
+
+def test_fst_reinitialises_the_head_and_keeps_the_class(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["residual"]()
+    seen = {}
+
+    def first(step, wrapped):
+        if step == 0:
+            seen["head"] = wrapped.head.weight.detach().clone()
+
+    result = nftkit.purify(model, adapter3, tiny_data, method="fst", steps=2, batch_size=8, lr=1e-6, on_step=first)
+    assert not torch.allclose(seen["head"], model.head.weight, atol=1e-3), "the head was re-initialised"
+    assert "head_alignment" in result.history[0]
+    assert torch.allclose(result.model.stem.weight, model.stem.weight, atol=1e-4)

@@ -25,6 +25,8 @@ class Setup:
     device: torch.device
     generator: torch.Generator
     samples_per_class: float
+    classifier: Optional[str] = None  # the last executed affine layer (the output head)
+    original_head: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Method:
     defaults: config values this method starts from (the user's values override them).
     regularizers: built once from the Setup, each called every step with the StepContext.
     step: the update rule (plain SGD step by default; SAM and ANP take extra passes).
+    prepare: a change to the model before the first step (FST re-initialises the head).
     finish: a last change to the wrapped layers before folding (ANP prunes by threshold).
     """
 
@@ -80,6 +83,7 @@ class Method:
     defaults: dict[str, Any] = field(default_factory=dict)
     regularizers: RegularizerFactory = lambda setup: []
     step: StepRule = sgd_step
+    prepare: Optional[Callable[[Setup], None]] = None
     finish: Optional[Callable[[Setup], None]] = None
 
 

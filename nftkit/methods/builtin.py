@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..regularizers import FisherTrace, FisherWeightedDrift, MaskL1Drift, fisher_diagonal
+from ..errors import ConfigError
+from ..regularizers import FisherTrace, FisherWeightedDrift, HeadAlignment, MaskL1Drift, fisher_diagonal
 from .base import Method, StepContext, register, sgd_step
 
 
@@ -135,6 +136,30 @@ register(Method(
     defaults=dict(steps=1000, lr=0.05, momentum=0.9, lr_schedule="step", lr_step_every=0.4, lr_step_gamma=0.1,
                   augment="basic", eta_f=1e-3, eta_r=5.0, fisher_every=10),
     regularizers=_sft_regularizers,
+))
+
+def _fst_prepare(setup) -> None:
+    if setup.classifier is None:
+        raise ConfigError("fst needs an output layer (Linear or Conv) to re-initialise; none was found")
+    head = setup.model.get_submodule(setup.classifier)
+    setup.original_head = head.weight.detach().clone()
+    torch.manual_seed(setup.cfg.seed)
+    head.reset_parameters()
+
+
+def _fst_regularizers(setup):
+    head = setup.model.get_submodule(setup.classifier)
+    return [HeadAlignment(setup.cfg.fst_alpha, head, setup.original_head)] if setup.cfg.fst_alpha > 0 else []
+
+
+register(Method(
+    name="fst",
+    reparam="full",
+    description="Feature Shift Tuning: re-initialise the output head, fine-tune all weights, penalise alignment with the old head",
+    defaults=dict(steps=1000, lr=0.01, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", lr_min=0.0,
+                  augment="basic", fst_alpha=0.2),
+    prepare=_fst_prepare,
+    regularizers=_fst_regularizers,
 ))
 
 register(Method(
