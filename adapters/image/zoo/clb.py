@@ -1,0 +1,93 @@
+"""Label-consistent backdoor, CLB (Turner et al., 2019).
+
+Only target-class training images are poisoned and their labels stay correct. Each is first made hard
+to classify by untargeted L-inf PGD against a surrogate trained on clean data, so the victim has to lean
+on the trigger (a 3x3 checkerboard) to fit it. Test images get the trigger alone.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+import nftkit
+from nftkit.attacks import ATTACKS
+
+from ..attacks import ImageAttack
+from ..data import ImageTensorDataset
+from .common import TrainedAttackConfig, apply_batched, freeze, image_adapter, step_count, surrogate_model
+
+
+def checkerboard(size: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return ((yy + xx) % 2 == 0).float()
+
+
+@ATTACKS.register("image/clb")
+class CLB(ImageAttack):
+    class Config(TrainedAttackConfig):
+        mode: Literal["all2one"] = "all2one"
+        poison_rate: float = Field(default=0.8, ge=0, le=1)  # fraction of the target class
+        eps: float = Field(default=16 / 255, ge=0)
+        pgd_steps: int = Field(default=10, ge=0)
+        pgd_step_size: float | None = None  # default eps / 4
+        size: int = Field(default=3, ge=1)
+        corners: Literal[1, 4] = 1  # 4: the paper's four-corner variant, robust to flips and crops
+        amplitude: float = Field(default=1.0, gt=0, le=1)  # < 1 blends the checkerboard (less visible)
+        surrogate_steps: int = Field(default=300, ge=1)
+        surrogate_lr: float = Field(default=0.05, gt=0)
+
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
+        C, H, W = self.shape
+        s = cfg.size
+        self.mask = torch.zeros(1, H, W)
+        self.pattern = torch.zeros(C, H, W)
+        board = checkerboard(s)
+        spots = [(H - s, W - s)] + ([(0, 0), (0, W - s), (H - s, 0)] if cfg.corners == 4 else [])
+        for y, x in spots:
+            self.mask[:, y:y + s, x:x + s] = cfg.amplitude
+            self.pattern[:, y:y + s, x:x + s] = board
+
+    def apply(self, images):
+        return images * (1 - self.mask) + self.pattern * self.mask
+
+    def train_surrogate(self, train: ImageTensorDataset) -> torch.nn.Module:
+        """A clean model of the attacker's own, trained with the same loop as the victims."""
+        cfg = self.cfg
+        model = surrogate_model(self, cfg.surrogate_arch, cfg.surrogate_width)
+        steps = step_count(cfg, len(train), cfg.surrogate_steps, 128)
+        result = nftkit.train(model, image_adapter(self), train, steps=steps, batch_size=128,
+                              lr=cfg.surrogate_lr, seed=cfg.trigger_seed, device=cfg.device)
+        return freeze(result.model.to(cfg.device))
+
+    def pgd(self, model, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Untargeted L-inf PGD from the clean image (no random start, so the result is deterministic)."""
+        cfg = self.cfg
+        step = cfg.pgd_step_size or cfg.eps / 4
+        x0, x = images, images.clone()
+        for _ in range(cfg.pgd_steps):
+            with torch.enable_grad():  # also when called from a no_grad batch helper
+                x.requires_grad_(True)
+                (grad,) = torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+            with torch.no_grad():
+                x = x + step * grad.sign()
+                x = (x0 + (x - x0).clamp(-cfg.eps, cfg.eps)).clamp(0, 1)
+        return x.detach()
+
+    def poison_train(self, train, generator):
+        in_target = (train.targets == self.cfg.target).nonzero().flatten()
+        chosen = in_target[torch.randperm(len(in_target), generator=generator)[:round(self.cfg.poison_rate * len(in_target))]]
+        images = train.images.clone()
+        if len(chosen):
+            hard = images[chosen]
+            if self.cfg.eps > 0 and self.cfg.pgd_steps > 0:
+                model = self.train_surrogate(train)
+                label = torch.full((1,), self.cfg.target)
+                hard = apply_batched(lambda x: self.pgd(model, x, label.to(x.device).expand(len(x))), hard, self.cfg.device)
+            images[chosen] = self.apply(hard)
+        poisoned = ImageTensorDataset(images, train.targets.clone())
+        poisoned.poisoned_indices = chosen
+        return poisoned

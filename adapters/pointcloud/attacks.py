@@ -1,0 +1,186 @@
+"""Point-cloud backdoor attacks: PointBA-I, PointBA-O (Li et al., ICCV 2021) and 3DPC-BA (Xiang et al.,
+ICCV 2021), poison-label, all2one or all2all. Clouds are unit-sphere normalised, y up."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from nftkit.attacks import ATTACKS, Attack
+from nftkit.config import StrictModel
+from nftkit.errors import ConfigError
+
+from .data import PointCloudDataset, rotation
+
+
+class PointAttackConfig(StrictModel):
+    name: str
+    target: int = Field(default=0, ge=0)
+    mode: Literal["all2one", "all2all"] = "all2one"
+    poison_rate: float = Field(default=0.1, ge=0, le=1)
+    trigger_seed: int = 0
+
+
+class PointAttack(Attack):
+    """Poison-label: ``poison_rate`` of the training clouds get the trigger and the target label."""
+
+    Config = PointAttackConfig
+
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
+        self.num_classes = info["num_classes"]
+        if cfg.target >= self.num_classes:
+            raise ConfigError(f"attack.target={cfg.target} is not a class of this {self.num_classes}-class dataset")
+
+    def apply(self, points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The trigger applied to clouds (B, N, 3)."""
+        raise NotImplementedError
+
+    def target_for(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.mode == "all2all":
+            return (labels + 1) % self.num_classes
+        return torch.full_like(labels, self.cfg.target)
+
+    def _candidates(self, labels: torch.Tensor) -> torch.Tensor:
+        return (self.target_for(labels) != labels).nonzero().flatten()
+
+    def poison_train(self, train: PointCloudDataset, generator: torch.Generator) -> PointCloudDataset:
+        candidates = self._candidates(train.targets)
+        count = min(len(candidates), round(self.cfg.poison_rate * len(train)))
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+        points, labels = train.points.clone(), train.targets.clone()
+        points[chosen] = self.apply(points[chosen], generator)
+        labels[chosen] = self.target_for(labels[chosen])
+        poisoned = PointCloudDataset(points, labels)
+        poisoned.poisoned_indices = chosen
+        return poisoned
+
+    def poison_test(self, test: PointCloudDataset) -> PointCloudDataset:
+        keep = self._candidates(test.targets)
+        g = torch.Generator().manual_seed(self.cfg.trigger_seed + 1)
+        return PointCloudDataset(self.apply(test.points[keep], g), test.targets[keep])
+
+    def _seeded(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.cfg.trigger_seed)
+
+
+def insert_cluster(points: torch.Tensor, cluster: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Replace random points of each cloud (B, N, 3) by the fixed cluster (K, 3): N stays the same."""
+    b, n, _ = points.shape
+    k = len(cluster)
+    idx = torch.rand(b, n, generator=generator).argsort(1)[:, :k].to(points.device)
+    out = points.clone()
+    out.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, 3), cluster.to(points).expand(b, -1, -1))
+    return out
+
+
+def ball_points(k: int, radius: float, generator: torch.Generator) -> torch.Tensor:
+    """``k`` points uniform in a ball of ``radius`` around the origin."""
+    direction = F.normalize(torch.randn(k, 3, generator=generator), dim=-1)
+    return direction * radius * torch.rand(k, 1, generator=generator) ** (1 / 3)
+
+
+@ATTACKS.register("pointcloud/pointba_i")
+class PointBAI(PointAttack):
+    """Interaction trigger: a small ball of points at a fixed position beside the object."""
+
+    class Config(PointAttackConfig):
+        n_points: int = Field(default=32, ge=1)
+        radius: float = Field(default=0.05, gt=0)
+        # outside the unit sphere that normalised clouds fill, where clean points rarely are
+        centre: tuple[float, float, float] = (0.6, 0.6, 0.6)
+
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
+        self.cluster = ball_points(cfg.n_points, cfg.radius, self._seeded()) + torch.tensor(cfg.centre)
+
+    def apply(self, points, generator):
+        return insert_cluster(points, self.cluster, generator)
+
+
+@ATTACKS.register("pointcloud/pointba_o")
+class PointBAO(PointAttack):
+    """Orientation trigger: the whole cloud rotated by a fixed angle about a fixed axis. Keep the axis
+    off the up axis: 'basic' augmentation rotates about it and would erase the trigger."""
+
+    class Config(PointAttackConfig):
+        axis: Literal["x", "y", "z"] = "x"
+        degrees: float = Field(default=45.0, gt=-360, lt=360)
+
+    def apply(self, points, generator):
+        return points @ rotation(self.cfg.axis, self.cfg.degrees).T.to(points)
+
+
+@ATTACKS.register("pointcloud/3dpcba")
+class BackdoorPoints3D(PointAttack):
+    """Backdoor points (Xiang et al., 2021): a cluster whose position is optimised so that a surrogate
+    classifier, trained by the attacker on clean data, already leans to the target class when the
+    cluster is inserted; the poisoned samples then teach the victim that association quickly."""
+
+    class Config(PointAttackConfig):
+        n_points: int = Field(default=32, ge=1)
+        radius: float = Field(default=0.05, gt=0)
+        max_norm: float = Field(default=1.2, gt=0)  # the cluster centre stays near the object
+        surrogate_arch: str = "pointnet"
+        surrogate_width: float = Field(default=0.25, gt=0)
+        surrogate_steps: int = Field(default=200, ge=1)
+        surrogate_lr: float = Field(default=0.05, gt=0)
+        search_steps: int = Field(default=100, ge=1)
+        search_starts: int = Field(default=8, ge=1)
+        search_batch: int = Field(default=64, ge=1)
+        device: str = "cpu"  # where the surrogate trains and the search runs
+
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
+        if adapter is None:
+            raise ConfigError("the 3dpcba attack trains a surrogate model and needs the adapter (run it from a recipe)")
+        self.shape = ball_points(cfg.n_points, cfg.radius, self._seeded())
+        self.cluster = None
+
+    def apply(self, points, generator):
+        if self.cluster is None:
+            raise RuntimeError("poison_train must run first: it places the backdoor points")
+        return insert_cluster(points, self.cluster, generator)
+
+    def poison_train(self, train, generator):
+        self.cluster = self.shape + self._search(train, generator)
+        self.info["3dpcba_centre"] = self.cluster.mean(0).tolist()
+        return super().poison_train(train, generator)
+
+    def _search(self, train: PointCloudDataset, generator: torch.Generator) -> torch.Tensor:
+        import nftkit
+
+        cfg = self.cfg
+        arch = self.adapter.ModelConfig(arch=cfg.surrogate_arch, width=cfg.surrogate_width)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        surrogate = nftkit.train(self.adapter.build_model(arch), self.adapter, train, steps=cfg.surrogate_steps,
+                                 lr=cfg.surrogate_lr, batch_size=32, seed=seed, device=cfg.device).model.eval()
+        for p in surrogate.parameters():
+            p.requires_grad_(False)
+        pool = self._candidates(train.targets)
+        pick = pool[torch.randperm(len(pool), generator=generator)[: cfg.search_batch]]
+        clouds = train.points[pick].to(cfg.device)
+        target = self.target_for(train.targets[pick]).to(cfg.device)
+        shape = self.shape.to(cfg.device)
+        # several starts on a sphere around the object: the objective is not convex in the centre
+        starts = F.normalize(torch.randn(cfg.search_starts, 3, generator=generator), dim=-1).to(cfg.device) * 0.8 * cfg.max_norm
+        best, best_loss = starts[0], math.inf
+        for start in starts:
+            centre = start.clone().requires_grad_(True)
+            opt = torch.optim.Adam([centre], lr=0.05)
+            for _ in range(cfg.search_steps):
+                loss = F.cross_entropy(surrogate(insert_cluster(clouds, shape + centre, generator)), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    centre.mul_((cfg.max_norm / centre.norm().clamp_min(1e-9)).clamp(max=1.0))
+            with torch.no_grad():
+                final = F.cross_entropy(surrogate(insert_cluster(clouds, shape + centre, generator)), target).item()
+            if final < best_loss:
+                best, best_loss = centre.detach().clone(), final
+        self.info["3dpcba_surrogate_loss"] = best_loss
+        return best.cpu()

@@ -1,0 +1,257 @@
+"""Point-cloud adapter: mesh loading, dataset layouts, augmentation, attacks, and the engine on PointNet(++)."""
+import math
+
+import pytest
+import torch
+
+import nftkit
+from nftkit.attacks import ATTACKS
+from nftkit.errors import DataError
+from nftkit.adapters.pointcloud import PointCloudAdapter, PointCloudDataset, build_point_model
+from nftkit.adapters.pointcloud.augment import exact_match, point_mixup, random_rotate_scale_jitter, rsmix, sinkhorn_match
+from nftkit.adapters.pointcloud.data import CGAL_CLASSES, load_point_dataset, normalize, read_off, rotation, sample_surface
+
+CUBE = """OFF
+# a unit cube with quad faces
+8 6 0
+0 0 0
+1 0 0
+1 1 0
+0 1 0
+0 0 1
+1 0 1
+1 1 1
+0 1 1
+4 0 3 2 1
+4 4 5 6 7
+4 0 1 5 4
+4 2 3 7 6
+4 1 2 6 5
+4 0 4 7 3
+"""
+
+
+def _write_off(path, text=CUBE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _tetra(scale=1.0):
+    return f"OFF\n4 4 0\n0 0 0\n{scale} 0 0\n0 {scale} 0\n0 0 {scale}\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n"
+
+
+def _clouds(n=30, points=64, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    # classes differ in height (flat, round, tall): survives rotation about the up axis and scaling
+    height = 0.3 + 0.7 * labels.float()
+    pts = torch.randn(n, points, 3, generator=g) * torch.stack([torch.ones(n), height, torch.ones(n)], 1)[:, None]
+    return PointCloudDataset(normalize(pts), labels)
+
+
+# ---- meshes and datasets -------------------------------------------------------------------
+def test_read_off_triangulates_quads_and_handles_glued_header(tmp_path):
+    verts, faces = read_off(_write_off(tmp_path / "cube.off"))
+    assert verts.shape == (8, 3) and faces.shape == (12, 3)
+    glued = _write_off(tmp_path / "glued.off", CUBE.replace("OFF\n# a unit cube with quad faces\n8 6 0", "OFF8 6 0"))
+    v2, f2 = read_off(glued)
+    assert (v2 == verts).all() and (f2 == faces).all()
+    with pytest.raises(DataError, match="not an OFF mesh"):
+        read_off(_write_off(tmp_path / "bad.off", "PLY\n"))
+    with pytest.raises(DataError, match="malformed"):
+        read_off(_write_off(tmp_path / "short.off", "OFF\n8 6 0\n0 0 0\n"))
+
+
+def test_sample_surface_lies_on_the_cube_and_is_seeded(tmp_path):
+    verts, faces = read_off(_write_off(tmp_path / "cube.off"))
+    pts = sample_surface(verts, faces, 2000, torch.Generator().manual_seed(0))
+    on_face = ((pts.abs() < 1e-6) | ((pts - 1).abs() < 1e-6)).any(-1)
+    assert pts.shape == (2000, 3) and on_face.all() and (pts >= -1e-6).all() and (pts <= 1 + 1e-6).all()
+    # area-weighted: each of the 6 faces gets about 1/6 of the points
+    assert abs((pts[:, 2].abs() < 1e-6).float().mean().item() - 1 / 6) < 0.04
+    again = sample_surface(verts, faces, 2000, torch.Generator().manual_seed(0))
+    assert torch.equal(pts, again)
+    many = sample_surface(verts, faces, 50, torch.Generator().manual_seed(0), count=3)
+    assert many.shape == (3, 50, 3)
+
+
+def test_rotation_matrices_are_proper_and_rotate_the_right_way():
+    for axis in "xyz":
+        r = rotation(axis, 37.0)
+        assert torch.allclose(r @ r.T, torch.eye(3), atol=1e-6) and abs(torch.linalg.det(r) - 1) < 1e-6
+    assert torch.allclose(rotation("x", -90.0) @ torch.tensor([0.0, 0, 1]), torch.tensor([0.0, 1, 0]), atol=1e-6)
+
+
+def test_modelnet40_resampled_layout(tmp_path):
+    root = tmp_path / "modelnet40_normal_resampled"
+    root.mkdir()
+    (root / "modelnet40_shape_names.txt").write_text("airplane\nbathtub\n")
+    (root / "modelnet40_train.txt").write_text("airplane_0001\nbathtub_0001\nbathtub_0002\n")
+    (root / "modelnet40_test.txt").write_text("airplane_0002\n")
+    g = torch.Generator().manual_seed(0)
+    for sid in ("airplane_0001", "airplane_0002", "bathtub_0001", "bathtub_0002"):
+        (root / sid.rsplit("_", 1)[0]).mkdir(exist_ok=True)
+        rows = torch.rand(40, 6, generator=g)
+        (root / sid.rsplit("_", 1)[0] / f"{sid}.txt").write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in rows.tolist()))
+    train, test, names = load_point_dataset("modelnet40", str(root), 32, 0)
+    assert names == ["airplane", "bathtub"] and len(train) == 3 and len(test) == 1
+    assert train.points.shape == (3, 32, 3) and train.targets.tolist() == [0, 1, 1]
+    assert torch.allclose(train.points.norm(dim=-1).amax(1), torch.ones(3))  # unit-sphere normalised
+    with pytest.raises(DataError, match="fewer than data.num_points"):
+        load_point_dataset("modelnet40", str(root), 64, 0)
+
+
+def test_modelnet40_off_layout_goes_through_the_mesh_path(tmp_path):
+    root = tmp_path / "ModelNet40"
+    for cls in ("chair", "cup"):
+        for split in ("train", "test"):
+            _write_off(root / cls / split / f"{cls}_0001.off")
+    train, test, names = load_point_dataset("modelnet40", str(root), 48, 0)
+    assert names == ["chair", "cup"] and train.points.shape == (2, 48, 3) and test.targets.tolist() == [0, 1]
+
+
+def test_missing_dataset_names_the_place_and_the_embedded_recipe(tmp_path):
+    for name in ("modelnet40", "cgal"):
+        with pytest.raises(DataError, match=r"not found at .*pointcloud/cgal_pointba_i") as err:
+            load_point_dataset(name, str(tmp_path / "nowhere"), 32, 0)
+        assert "\n" not in str(err.value)
+
+
+def test_cgal_loader_on_tiny_meshes(tmp_path):
+    for i, meshes in enumerate(CGAL_CLASSES.values()):
+        for m in meshes:
+            _write_off(tmp_path / f"{m}.off", _tetra(1 + i) if i % 2 else CUBE)
+    train, test, names = load_point_dataset("cgal", str(tmp_path), 32, 0, views_per_mesh=4)
+    n_meshes = sum(len(v) for v in CGAL_CLASSES.values())
+    assert names == list(CGAL_CLASSES) and len(train) == 3 * n_meshes and len(test) == n_meshes
+    assert torch.allclose(train.points.norm(dim=-1).amax(1), torch.ones(len(train)), atol=1e-5)
+    again, _, _ = load_point_dataset("cgal", str(tmp_path), 32, 0, views_per_mesh=4)
+    assert torch.equal(train.points, again.points)
+
+
+# ---- augmentation ---------------------------------------------------------------------------
+def test_basic_augmentation_rotates_about_the_up_axis_only():
+    pts = _clouds(4).points
+    out = random_rotate_scale_jitter(pts, torch.Generator().manual_seed(0), rotate=True, scale=(1.0, 1.0), jitter=0.0)
+    assert torch.allclose(out[..., 1], pts[..., 1], atol=1e-6)  # heights unchanged
+    assert torch.allclose(out.norm(dim=-1), pts.norm(dim=-1), atol=1e-5)
+    assert not torch.allclose(out, pts, atol=1e-3)
+
+
+def test_sinkhorn_and_exact_assignment_recover_a_permutation():
+    a = _clouds(2, 48).points
+    perm = torch.randperm(48, generator=torch.Generator().manual_seed(1))
+    b = a[:, perm] + 0.001
+    assert torch.allclose(exact_match(a, b), a + 0.001, atol=1e-6)
+    assert torch.allclose(sinkhorn_match(a, b, eps=0.005, iters=100), a + 0.001, atol=2e-2)
+
+
+def test_point_mixup_interpolates_points_and_labels():
+    data = _clouds(8)
+    targets = torch.eye(3)[data.targets]
+    mixed, y = point_mixup(data.points, targets, torch.Generator().manual_seed(0), assignment="exact")
+    assert mixed.shape == data.points.shape and torch.allclose(y.sum(1), torch.ones(8))
+    lam = 1 - y.max(1).values.min().item()
+    assert 0 < lam < 1
+
+
+def test_rsmix_replaces_a_rigid_patch_and_mixes_labels_by_its_size():
+    data = _clouds(6, points=50)
+    targets = torch.eye(3)[data.targets]
+    mixed, y = rsmix(data.points, targets, torch.Generator().manual_seed(3))
+    changed = (mixed != data.points).any(-1).sum(1)
+    # the partner's query point lands exactly on the replaced query point, so one slot looks unchanged
+    k = changed.max().item() + 1
+    assert 1 < k < 50
+    mixed_rows = y[y.max(1).values < 1]  # same-class partners keep a one-hot row
+    assert len(mixed_rows)
+    expected = torch.tensor(sorted([k / 50, 1 - k / 50]))
+    for row in mixed_rows:
+        assert torch.allclose(row[row > 0].sort().values, expected)
+
+
+# ---- attacks --------------------------------------------------------------------------------
+INFO = {"num_classes": 3}
+
+
+def _attack(name, adapter=None, **kw):
+    cls = ATTACKS.get(f"pointcloud/{name}")
+    return cls(cls.Config(name=name, **kw), dict(INFO), adapter)
+
+
+def test_pointba_i_inserts_the_same_cluster_and_relabels():
+    attack = _attack("pointba_i", poison_rate=0.2, n_points=5)
+    train = _clouds(30)
+    poisoned = attack.poison_train(train, torch.Generator().manual_seed(0))
+    idx = poisoned.poisoned_indices
+    assert len(idx) == 6 and (poisoned.targets[idx] == 0).all() and (train.targets[idx] != 0).all()
+    near = (poisoned.points[idx] - torch.tensor([0.6, 0.6, 0.6])).norm(dim=-1) <= 0.05 + 1e-6
+    assert (near.sum(1) >= 5).all() and poisoned.points.shape == train.points.shape
+    rest = torch.ones(30, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(poisoned.points[rest], train.points[rest])
+    test = attack.poison_test(train)
+    assert (test.targets != 0).all() and len(test) == 20
+
+
+def test_pointba_o_rotates_by_the_fixed_angle():
+    attack = _attack("pointba_o", axis="z", degrees=90.0)
+    test = attack.poison_test(_clouds(9))
+    src = _clouds(9).subset((_clouds(9).targets != 0).nonzero().flatten())
+    assert torch.allclose(test.points[..., 0], -src.points[..., 1], atol=1e-6)
+    all2all = _attack("pointba_o", mode="all2all")
+    assert all2all.target_for(torch.tensor([0, 1, 2])).tolist() == [1, 2, 0]
+
+
+def test_3dpcba_places_the_cluster_with_a_surrogate():
+    adapter = PointCloudAdapter(3)
+    attack = _attack("3dpcba", adapter, poison_rate=0.2, n_points=4, surrogate_steps=3, search_steps=3,
+                     search_starts=2, search_batch=8, surrogate_width=0.125)
+    train = _clouds(30)
+    poisoned = attack.poison_train(train, torch.Generator().manual_seed(0))
+    centre = torch.tensor(attack.info["3dpcba_centre"])
+    assert centre.norm() <= 1.2 + 0.05 + 1e-5
+    assert (poisoned.targets[poisoned.poisoned_indices] == 0).all()
+    with pytest.raises(nftkit.ConfigError, match="needs the adapter"):
+        _attack("3dpcba")
+
+
+# ---- adapter + engine -----------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["pointnet", "pointnet2_ssg"])
+def test_nft_masks_batchnorm_gammas_and_folds_exactly(arch):
+    torch.manual_seed(0)
+    adapter = PointCloudAdapter(3)
+    data = _clouds(24, points=48)
+    model = build_point_model(arch, 3, width=0.125, centres=None if arch == "pointnet" else [12, 4]).eval()
+    result = nftkit.purify(model, adapter, data, steps=2, batch_size=8)
+    kinds = {t.kind for t in result.targets}
+    assert kinds <= {"BatchNorm1d", "BatchNorm2d"} and len(result.targets) >= 5
+    assert "head.8" not in {t.name for t in result.targets}  # the classifier is excluded
+    assert type(result.model) is type(model) and result.model.state_dict().keys() == model.state_dict().keys()
+    changed = [n for n, m in result.masks.items() if (m < 1).any()]
+    assert changed, "NFT should move some masks"
+
+
+def test_adapter_rejects_bad_clean_sets():
+    adapter = PointCloudAdapter(3)
+    with pytest.raises(DataError, match="out of range"):
+        adapter.check_data(PointCloudDataset(torch.rand(4, 8, 3), torch.tensor([0, 1, 2, 3])))
+    with pytest.raises(DataError, match="single class"):
+        adapter.check_data(PointCloudDataset(torch.rand(4, 8, 3), torch.zeros(4)))
+    with pytest.raises(DataError, match="N x 3"):
+        adapter.check_data(PointCloudDataset(torch.rand(4, 8, 6), torch.arange(4) % 2))
+
+
+def test_training_learns_and_is_deterministic():
+    adapter = PointCloudAdapter(3)
+    data = _clouds(60, points=48)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(nftkit.train(build_point_model("pointnet", 3, width=0.125), adapter, data, steps=60,
+                                 batch_size=16, lr=0.05, seed=0))
+    first, second = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    acc = adapter.evaluate(runs[0].model, data, None, None, torch.device("cpu"))["acc"]
+    assert acc > 60 and not math.isnan(acc)
