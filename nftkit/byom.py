@@ -13,11 +13,10 @@ import torch.nn as nn
 from .attacks import ATTACKS
 from .config import PurifyConfig, validate
 from .errors import ConfigError, ModelError
-from .experiment import load_adapter_class
-from .io import load_tensors, save_tensors, staged_dir, write_json, write_yaml
+from .experiment import load_adapter_class, write_outputs
+from .io import load_tensors, staged_dir, write_yaml
 from .purify import check_finite, purify, resolve_config
 from .recipe import parse_override
-from .report import render_report
 
 
 def build_user_model(arch: str, adapter, info: dict[str, Any], model_keys: dict[str, Any]) -> nn.Module:
@@ -94,17 +93,8 @@ def purify_checkpoint(checkpoint: str, arch: str, adapter_name: str, data: str, 
         before = adapter.evaluate(model, test_set, poisoned_test, attack_obj, device) if test_set is not None else {}
         result = purify(model, adapter, clean, config=cfg, checkpoint=stage / "state.safetensors", resume=resume)
         after = adapter.evaluate(result.model, test_set, poisoned_test, attack_obj, device) if test_set is not None else {}
-        results = {"recipe": f"purify {checkpoint}", "method": cfg.method, "before": before, "after": after,
-                   "runtime_s": result.runtime_s, "victim": {"key": checkpoint, "cached": True}, "data": info,
-                   "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
         resolved["defense"] = result.config.model_dump()
-        write_yaml(stage / "resolved.yaml", resolved)
-        save_tensors(stage / "model.safetensors", result.model.state_dict())
-        if result.masks:
-            save_tensors(stage / "masks.safetensors", result.masks)
-        write_json(stage / "history.json", result.history)
-        (stage / "report.md").write_text(render_report(results, result))
-        write_json(stage / "results.json", results)
-        (stage / "state.safetensors").unlink(missing_ok=True)
+        results = write_outputs(stage, f"purify {checkpoint}", before, after, result,
+                                {"key": checkpoint, "cached": True}, info, resolved)
     log(f"before: {before}\nafter {cfg.method}: {after} in {result.runtime_s:.1f}s\nwrote {out_path}")
     return results

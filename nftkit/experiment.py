@@ -130,20 +130,27 @@ def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=pr
         after = measure(result.model)
         log(f"after {result.config.method}: {_fmt(after)} in {result.runtime_s:.1f}s")
         exp.sections["defense"] = result.config
-        results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
-                   "runtime_s": result.runtime_s, "victim": victim_meta, "data": splits.info,
-                   "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
-        write_yaml(stage / "resolved.yaml", exp.resolved())
-        save_tensors(stage / "model.safetensors", result.model.state_dict())
-        if result.masks:
-            save_tensors(stage / "masks.safetensors", result.masks)
-        write_json(stage / "history.json", result.history)
-        (stage / "report.md").write_text(render_report(results, result))
-        write_json(stage / "results.json", results)
-        for state in stage.glob("*state.safetensors"):
-            state.unlink()
+        results = write_outputs(stage, name, before, after, result, victim_meta, splits.info, exp.resolved())
     log(f"wrote {out}")
     results["out"] = str(out)
+    return results
+
+
+def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[str, float], result: PurifyResult,
+                  victim: dict[str, Any], info: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """Every file of a finished run; results.json last, and the resume state removed."""
+    results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
+               "runtime_s": result.runtime_s, "victim": victim, "data": info,
+               "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
+    write_yaml(stage / "resolved.yaml", resolved)
+    save_tensors(stage / "model.safetensors", result.model.state_dict())
+    if result.masks:
+        save_tensors(stage / "masks.safetensors", result.masks)
+    write_json(stage / "history.json", result.history)
+    (stage / "report.md").write_text(render_report(results, result))
+    write_json(stage / "results.json", results)
+    for state in stage.glob("*state.safetensors"):
+        state.unlink()
     return results
 
 
