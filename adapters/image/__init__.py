@@ -14,6 +14,8 @@ from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
+from ..classification import check_class_labels, samples_per_class
+
 from . import attacks, zoo  # noqa: F401  register image attacks and datasets
 from .augment import mixup, random_crop_flip
 from .data import ImageTensorDataset, balanced_split, load_image_dataset, read_user_images
@@ -90,22 +92,14 @@ class ImageClassificationAdapter(Adapter):
 
     def check_data(self, data):
         super().check_data(data)
-        labels = self._scan(data)
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        if len(bad):
-            raise DataError(f"clean label {int(bad[0])} is out of range for a {self.num_classes}-class model; "
-                            f"labels must be 0..{self.num_classes - 1} (check num_classes or the label mapping)")
-        if len(labels.unique()) < 2:
-            raise DataError(f"the clean set holds a single class ({int(labels[0])}); purification needs clean "
-                            "samples of at least two classes, ideally all of them")
+        check_class_labels(self._scan(data), self.num_classes, "samples")
 
     def few_shot(self, data, per_class, generator):
         picked, _ = balanced_split(self._scan(data), per_class, generator)
         return torch.utils.data.Subset(data, picked.tolist())
 
     def samples_per_class(self, data):
-        labels = self._scan(data)
-        return len(labels) / max(1, len(labels.unique()))
+        return samples_per_class(self._scan(data))
 
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod

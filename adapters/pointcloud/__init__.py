@@ -15,6 +15,8 @@ from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
+from ..classification import check_class_labels, samples_per_class
+
 from . import attacks  # noqa: F401  register point-cloud attacks
 from .augment import point_mixup, random_rotate_scale_jitter, rsmix
 from .data import POINT_DATASETS, PointCloudDataset, balanced_split, load_point_dataset, read_off, sample_surface
@@ -104,18 +106,10 @@ class PointCloudAdapter(Adapter):
 
     def check_data(self, data):
         super().check_data(data)
-        labels = self._labels(data)
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        if len(bad):
-            raise DataError(f"clean label {int(bad[0])} is out of range for a {self.num_classes}-class model; "
-                            f"labels must be 0..{self.num_classes - 1}")
-        if len(labels.unique()) < 2:
-            raise DataError(f"the clean set holds a single class ({int(labels[0])}); purification needs clean "
-                            "clouds of at least two classes, ideally all of them")
+        check_class_labels(self._labels(data), self.num_classes, "clouds")
 
     def samples_per_class(self, data):
-        labels = self._labels(data)
-        return len(labels) / max(1, len(labels.unique()))
+        return samples_per_class(self._labels(data))
 
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod

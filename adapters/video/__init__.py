@@ -16,6 +16,8 @@ from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
+from ..classification import check_class_labels, dataset_labels, samples_per_class
+
 from .atari import DEFAULT_GAMES, atari_folder
 from .augment import crop_flip_clips, mixup_clips, videomix
 from .data import (ClipSpec, ClipTensorDataset, EditedVideos, VideoDataset, VideoFileDataset, balanced_split,
@@ -114,10 +116,7 @@ class VideoAdapter(Adapter):
         return data.subset(picked) if hasattr(data, "subset") else EditedVideos(data, index=picked)
 
     def _labels(self, data: Dataset) -> torch.Tensor:
-        targets = getattr(data, "targets", None)
-        if isinstance(targets, torch.Tensor) and len(targets) == len(data):
-            return targets
-        return torch.tensor([int(data[i][1]) for i in range(len(data))])
+        return dataset_labels(data)
 
     def check_data(self, data):
         super().check_data(data)
@@ -125,18 +124,10 @@ class VideoAdapter(Adapter):
         if len(shape) != 4 or shape[1] != 3:
             raise DataError(f"clips must be T x 3 x H x W tensors, got shape {shape}; decode videos with read_clip "
                             "or give frames in time x channel x height x width order")
-        labels = self._labels(data)
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        if len(bad):
-            raise DataError(f"clip label {int(bad[0])} is out of range for a {self.num_classes}-class model; "
-                            f"labels must be 0..{self.num_classes - 1}")
-        if len(labels.unique()) < 2:
-            raise DataError(f"the clean set holds a single class ({int(labels[0])}); purification needs clean "
-                            "clips of at least two classes, ideally all of them")
+        check_class_labels(self._labels(data), self.num_classes, "clips")
 
     def samples_per_class(self, data):
-        labels = self._labels(data)
-        return len(labels) / max(1, len(labels.unique()))
+        return samples_per_class(self._labels(data))
 
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod
