@@ -22,10 +22,17 @@ def _recipe_show(args) -> None:
     sys.stdout.write(recipe_text(args.name))
 
 
+def _log(*parts) -> None:
+    from .distributed import is_main
+
+    if is_main():
+        print(*parts, flush=True)
+
+
 def _recipe_run(args) -> None:
     from .experiment import run
 
-    run(args.name, args.overrides, Path(args.out) if args.out else None, resume=args.resume)
+    run(args.name, args.overrides, Path(args.out) if args.out else None, log=_log, resume=args.resume)
 
 
 def _bench(args) -> None:
@@ -36,7 +43,7 @@ def _bench(args) -> None:
         return
     if not args.name:
         raise NftkitError("name a benchmark suite, e.g. 'nftkit bench image/fmnist' (see 'nftkit bench --list')")
-    run_suite(args.name, args.overrides, Path(args.out) if args.out else None)
+    run_suite(args.name, args.overrides, Path(args.out) if args.out else None, log=_log)
 
 
 def _purify(args) -> None:
@@ -44,7 +51,7 @@ def _purify(args) -> None:
 
     purify_checkpoint(args.model, args.arch, args.adapter, args.data, args.overrides, out=args.out,
                       method=args.method, test=args.test, attack=args.attack, num_classes=args.num_classes,
-                      resume=args.resume)
+                      resume=args.resume, log=_log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from . import distributed
+
     try:
+        distributed.init_from_env()
         args.func(args)
     except Interrupted as err:
         print(f"nftkit: {err}", file=sys.stderr)
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nftkit: interrupted; nothing was written for the unfinished run", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

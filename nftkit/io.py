@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from .distributed import barrier, is_main
 from .errors import ModelError, NftkitError
 
 
@@ -31,7 +32,10 @@ def _temp_beside(path: Path) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half.
+    In a distributed run only rank 0 writes."""
+    if not is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(path)
@@ -65,6 +69,8 @@ def _jsonable(obj: Any) -> Any:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     # clone: safetensors refuses tensors that share storage (tied weights)
+    if not is_main():
+        return
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +127,10 @@ def staged_dir(out: Path, resume: bool = False) -> Iterator[Path]:
         raise NftkitError(f"an unfinished run is in '{stage}'; continue it with --resume (same command), or delete it")
     if resume and not stage.exists():
         raise NftkitError(f"there is no unfinished run for '{out}' to resume; run without --resume")
+    barrier()  # every rank has checked the folder before rank 0 creates it
+    if not is_main():
+        yield stage  # other ranks only read from it (a state to resume)
+        return
     try:
         stage.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .adapter import Adapter
 from .config import PurifyConfig, validate
+from .distributed import average_gradients, broadcast_state, is_main, local_device, shard, world
 from .checkpoint import checkpoint_config, existing, load_state, save_state
 from .errors import ConfigError, Interrupted, ModelError
 from .methods import METHODS, Method
@@ -115,11 +116,14 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     chosen = METHODS.get(cfg.method)
     adapter.check_data(data)
     check_finite(model)
-    device = torch.device(cfg.device)
+    device = local_device(cfg.device)
+    world_size = world()[1]
     torch.manual_seed(cfg.seed)
+    # the same on every rank: method randomness (ANP's noise) must agree; slices still differ in data
     generator = torch.Generator().manual_seed(cfg.seed)
 
     work = copy.deepcopy(model).to(device)
+    broadcast_state(work)
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
     probe = adapter.to_device(adapter.collate([data[i] for i in range(min(len(data), 8))]), device)
     trace = trace_model(work, lambda m: adapter.forward(m, probe))
@@ -138,9 +142,12 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     regularizers = chosen.regularizers(setup)
 
     optimizer = torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if world_size > 1:
+        optimizer.register_step_pre_hook(lambda *_: average_gradients(tunables))
     total = cfg.total_steps(len(data))
     # every step's sample indices are fixed up front by the seed, so a resumed run draws the same batches
     indices = torch.randint(len(data), (total, cfg.batch_size), generator=torch.Generator().manual_seed(cfg.seed))
+    indices = shard(indices)
     history: list[dict[str, float]] = []
     first = 0
     state_config = checkpoint_config(cfg.model_copy(update={"steps": total}))
@@ -149,7 +156,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     loader = DataLoader(data, batch_sampler=indices[first:].tolist(), collate_fn=adapter.collate,
                         num_workers=cfg.num_workers)
     _set_train_mode(work, cfg.bn_mode)
-    progress = _progress(total, cfg.progress, cfg.method, first)
+    progress = _progress(total, cfg.progress and is_main(), cfg.method, first)
     start = time.perf_counter()
     step = first - 1
     try:
@@ -184,6 +191,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
 
     masks = {name: w.tunable()[0].detach().cpu().clone() for name, w in wrapped.items()}
     fold_all(work, wrapped)
+    broadcast_state(work)
     for name, p in work.named_parameters():
         p.requires_grad_(grad_flags[name])
     work.train(model.training)

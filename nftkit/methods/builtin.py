@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import average, average_gradients
 from ..errors import ConfigError
 from ..regularizers import FisherTrace, FisherWeightedDrift, HeadAlignment, MaskL1Drift, fisher_diagonal
 from .base import Method, StepContext, register, sgd_step
@@ -30,6 +31,7 @@ def sam_step(ctx: StepContext) -> dict[str, torch.Tensor]:
     loss, terms = ctx.objective()
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(params)  # the shift uses the global batch's gradient in a distributed run
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     scale = ctx.setup.cfg.sam_rho / (torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) + 1e-12)
     with torch.no_grad():
@@ -61,7 +63,7 @@ def anp_step(ctx: StepContext) -> dict[str, torch.Tensor]:
         for _ in range(cfg.anp_steps):
             for n in noise:
                 n.requires_grad_(True)
-            grads = torch.autograd.grad(ctx.task_loss(), noise)
+            grads = average(list(torch.autograd.grad(ctx.task_loss(), noise)))
             with torch.no_grad():
                 for n, g in zip(noise, grads):
                     n.add_(eps / cfg.anp_steps * g.sign()).clamp_(-eps, eps)
