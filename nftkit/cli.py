@@ -29,6 +29,12 @@ def _log(*parts) -> None:
         print(*parts, flush=True)
 
 
+def _recipe_docs(args) -> None:
+    from .recipe_reference import render_recipe_reference
+
+    sys.stdout.write(render_recipe_reference())
+
+
 def _recipe_run(args) -> None:
     from .experiment import run
 
@@ -66,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = recipe.add_parser("show", help="print a recipe")
     p.add_argument("name")
     p.set_defaults(func=_recipe_show)
+    p = recipe.add_parser("docs", help="print the recipe reference (docs/recipes.md) generated from the recipe files")
+    p.set_defaults(func=_recipe_docs)
     p = recipe.add_parser("run", help="run a recipe: attack (cached), purify, evaluate, report")
     p.add_argument("name", help="recipe name (see 'nftkit recipe list') or path to a .yaml file")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. defense.steps=200 seed=1")

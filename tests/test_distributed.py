@@ -1,9 +1,10 @@
 """Two Gloo processes on one global batch reach what one process reaches."""
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,19 +84,26 @@ def test_shard_needs_divisible_batch(monkeypatch):
     assert shard(torch.arange(8).view(1, 8)).tolist() == [[4, 5, 6, 7]]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                    reason="torchrun is not installed")
+TORCHRUN = Path(sys.executable).parent / "torchrun"  # installed with torch, beside this Python
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_torchrun_recipe_run_writes_one_run_folder(tmp_path):
     from test_recipes import TINY
 
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "nftkit", "recipe", "run",
-                           "image/fmnist_badnets", *TINY["image"], "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # a new session, so a timeout can stop the workers too and not only torchrun
+    proc = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "nftkit", "recipe", "run",
+                             "image/fmnist_badnets", *TINY["image"], "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["after"]) >= {"acc", "asr", "lcr"}
-    assert proc.stdout.count("wrote ") == 1  # only rank 0 speaks
+    assert stdout.count("wrote ") == 1  # only rank 0 speaks
     assert not list(tmp_path.glob(".*partial"))
