@@ -17,9 +17,10 @@ from pydantic import Field
 from .config import StrictModel, validate
 from .errors import ConfigError
 from .experiment import build_experiment, build_victim
-from .io import staged_dir, write_json, write_yaml
+from .io import atomic_write, staged_dir, write_json, write_yaml
 from .purify import purify, resolve_config
 from .recipe import apply_overrides, load_recipe
+from .report_html import render_bench_html
 
 
 class SuiteConfig(StrictModel):
@@ -111,7 +112,8 @@ def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, 
                     write_json(stage / "rows.json", rows)  # partial progress visible inside the staged folder
         summary = summarize(rows, suite.reference)
         table = render_table(rows, summary, name)
-        (stage / "table.md").write_text(table)
+        atomic_write(stage / "table.md", table.encode())
+        atomic_write(stage / "table.html", render_bench_html(name, table_cells(rows, summary), summary).encode())
         write_json(stage / "results.json", {"suite": name, "rows": rows, "summary": summary})
     log(table)
     log(f"wrote {out}")
@@ -140,17 +142,23 @@ def summarize(rows: list[dict[str, Any]], reference: str) -> dict[str, dict[str,
     return summary
 
 
-def render_table(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]], name: str) -> str:
+def table_cells(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> list[tuple[list[str], list[list[str]]]]:
+    """(header, rows) of the per-run table and of the per-method averages, shared by table.md and table.html."""
     keys = list(dict.fromkeys(k for r in rows for k in r["after"]))
-    head = "| model | attack | method | " + " | ".join(f"{k.upper()} before | {k.upper()} after" for k in keys) + " | runtime (s) |"
-    lines = [f"# nftkit bench {name}", "", head, "|" + "---|" * (4 + 2 * len(keys))]
-    for r in rows:
-        cells = " | ".join(f"{r['before'].get(k, math.nan):.2f} | {r['after'].get(k, math.nan):.2f}" for k in keys)
-        lines.append(f"| {r['model']} | {r['attack']} | {r['method']} | {cells} | {r['runtime_s']:.1f} |")
-    lines += ["", "## Averages per method", "",
-              "| method | " + " | ".join(f"{k.upper()} | {k.upper()} change" for k in keys) + " | runtime (s) | runtime / reference |",
-              "|" + "---|" * (3 + 2 * len(keys))]
-    for method, s in summary.items():
-        cells = " | ".join(f"{s[k]:.2f} | {s[k + '_change']:+.2f}" for k in keys)
-        lines.append(f"| {method} | {cells} | {s['runtime_s']:.1f} | {s['runtime_ratio']:.2f} |")
+    runs = (["model", "attack", "method", *[f"{k.upper()} {p}" for k in keys for p in ("before", "after")], "runtime (s)"],
+            [[r["model"], r["attack"], r["method"],
+              *[f"{r[p].get(k, math.nan):.2f}" for k in keys for p in ("before", "after")], f"{r['runtime_s']:.1f}"]
+             for r in rows])
+    averages = (["method", *[h for k in keys for h in (k.upper(), f"{k.upper()} change")], "runtime (s)", "runtime / reference"],
+                [[method, *[c for k in keys for c in (f"{s[k]:.2f}", f"{s[k + '_change']:+.2f}")],
+                  f"{s['runtime_s']:.1f}", f"{s['runtime_ratio']:.2f}"] for method, s in summary.items()])
+    return [runs, averages]
+
+
+def render_table(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]], name: str) -> str:
+    def markdown(header, cells):
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(c) + " |" for c in cells)]
+
+    runs, averages = table_cells(rows, summary)
+    lines = [f"# nftkit bench {name}", "", *markdown(*runs), "", "## Averages per method", "", *markdown(*averages)]
     return "\n".join(lines) + "\n"

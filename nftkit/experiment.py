@@ -13,11 +13,14 @@ from .adapter import ADAPTERS, Adapter
 from .attacks import ATTACKS
 from .cache import load_victim, store_victim, victim_key
 from .config import validate
+from .distributed import is_main
 from .errors import ConfigError
-from .io import save_tensors, staged_dir, write_json, write_yaml
+from .io import atomic_write, save_tensors, staged_dir, write_json, write_yaml
+from .monitor import feature_sets, start_curves
 from .purify import PurifyResult, purify, resolve_config
 from .recipe import RecipeConfig, load_recipe
 from .report import render_report
+from .report_html import ReportExtras, render_html
 
 
 def load_adapter_class(name: str) -> type[Adapter]:
@@ -125,20 +128,33 @@ def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=pr
 
         before = measure(victim)
         log(f"before: {_fmt(before)}")
-        result: PurifyResult = purify(victim, exp.adapter, splits.clean, config=exp.sections["defense"],
+        rep, defense, seed = exp.recipe.report, exp.sections["defense"], exp.recipe.seed
+        extras = ReportExtras()
+        curves, extras.notes["curves"] = start_curves(
+            exp.adapter, victim, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size,
+            rep.curve_every, rep.curve_samples, defense.total_steps(len(splits.clean)), seed)
+        result: PurifyResult = purify(victim, exp.adapter, splits.clean, config=defense, on_step=curves,
                                       checkpoint=stage / "state.safetensors", resume=resume)
+        if curves is not None:
+            extras.curves = curves.rows
         after = measure(result.model)
         log(f"after {result.config.method}: {_fmt(after)} in {result.runtime_s:.1f}s")
+        extras.features, extras.notes["tsne"] = feature_sets(
+            exp.adapter, victim, result.model, splits.test, poisoned_test, rep.tsne_samples, seed, device,
+            exp.recipe.eval_batch_size)
         exp.sections["defense"] = result.config
-        results = write_outputs(stage, name, before, after, result, victim_meta, splits.info, exp.resolved())
+        results = write_outputs(stage, name, before, after, result, victim_meta, splits.info, exp.resolved(), extras)
     log(f"wrote {out}")
     results["out"] = str(out)
     return results
 
 
 def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[str, float], result: PurifyResult,
-                  victim: dict[str, Any], info: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
-    """Every file of a finished run; results.json last, and the resume state removed."""
+                  victim: dict[str, Any], info: dict[str, Any], resolved: dict[str, Any],
+                  extras: Optional[ReportExtras] = None) -> dict[str, Any]:
+    """Every file of a finished run; results.json last, and the resume state removed.
+    ``extras``: what only a recipe run measures for report.html (curves, features); without it those
+    parts of the page say they were not recorded."""
     results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
                "runtime_s": result.runtime_s, "victim": victim, "data": info,
                "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
@@ -147,9 +163,10 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
     if result.masks:
         save_tensors(stage / "masks.safetensors", result.masks)
     write_json(stage / "history.json", result.history)
-    (stage / "report.md").write_text(render_report(results, result))
+    atomic_write(stage / "report.md", render_report(results, result).encode())
+    atomic_write(stage / "report.html", render_html(results, result, resolved, extras).encode())
     write_json(stage / "results.json", results)
-    for state in stage.glob("*state.safetensors"):
+    for state in stage.glob("*state.safetensors") if is_main() else ():
         state.unlink()
     return results
 

@@ -158,6 +158,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     _set_train_mode(work, cfg.bn_mode)
     progress = _progress(total, cfg.progress and is_main(), cfg.method, first)
     start = time.perf_counter()
+    hook_seconds = 0.0
     step = first - 1
     try:
         for step, batch in enumerate(loader, start=first):
@@ -175,7 +176,9 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
             history.append({"step": step, "lr": lr, **{k: float(v.detach()) for k, v in terms.items()}})
             progress.update(1)
             if on_step is not None:
+                hook_start = time.perf_counter()
                 on_step(step, work)
+                hook_seconds += time.perf_counter() - hook_start  # monitoring is not purification time
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                 save_state(checkpoint, step, work, optimizer, generator, history, state_config)
     except KeyboardInterrupt:
@@ -186,7 +189,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         raise
     if chosen.finish is not None:
         chosen.finish(setup)
-    runtime = time.perf_counter() - start
+    runtime = time.perf_counter() - start - hook_seconds
     progress.close()
 
     masks = {name: w.tunable()[0].detach().cpu().clone() for name, w in wrapped.items()}

@@ -13,6 +13,14 @@ from .config import StrictModel, validate
 from .errors import ConfigError
 
 
+class ReportConfig(StrictModel):
+    """What report.html measures beyond the before/after numbers. Defaults keep a CPU run about as fast."""
+
+    curve_every: int = Field(default=100, ge=0)  # steps between ASR/ACC evaluations during purification (0: no curves)
+    curve_samples: int = Field(default=512, ge=1)  # test samples per evaluation, clean and as many triggered
+    tsne_samples: int = Field(default=300, ge=0)  # test samples in the feature t-SNE, half clean, half triggered (0: none)
+
+
 class RecipeConfig(StrictModel):
     """The top level of a recipe. Sections are validated by the adapter's and the engine's typed configs."""
 
@@ -27,6 +35,7 @@ class RecipeConfig(StrictModel):
     defense: dict[str, Any] = Field(default_factory=dict)
     eval_batch_size: int = Field(default=256, ge=1)
     cache_victim: bool = True
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 def _root():

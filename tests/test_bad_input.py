@@ -57,7 +57,7 @@ def test_good_run_writes_every_output(case):
     test_dir = _write_folder(case["tmp"] / "test", per_class=3)
     proc, out = _run(case, "--test", str(test_dir), "--attack", "badnets", "attack.target=0")
     assert proc.returncode == 0, proc.stderr
-    assert {"model.safetensors", "masks.safetensors", "results.json", "resolved.yaml", "report.md"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "masks.safetensors", "results.json", "resolved.yaml", "report.md", "report.html"} <= {p.name for p in out.iterdir()}
     assert not (out / "state.safetensors").exists()
 
 
