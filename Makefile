@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 CGAL := /usr/share/datasets/cgal-meshes
 # Debian packages holding the embedded real data: images, translation pairs, WordNet, Apertium (paraphrases)
-APT_DATA := dataset-fashion-mnist trans-de-en wordnet-base apertium apertium-eng-spa
+APT_DATA := dataset-fashion-mnist trans-de-en wordnet-base apertium apertium-eng-spa espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt-data demo test bench clean

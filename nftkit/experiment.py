@@ -24,12 +24,21 @@ from .report_html import ReportExtras, render_html
 
 
 def load_adapter_class(name: str) -> type[Adapter]:
-    """Built-in adapters live in nftkit.adapters.<name>; third-party ones register on import."""
+    """Built-in adapters live in nftkit.adapters.<name>; a third-party one registers when its module is
+    imported: an installed package's ``nftkit.adapters`` entry point, or a module of that name on the path."""
     if name not in ADAPTERS:
-        try:
-            importlib.import_module(f"nftkit.adapters.{name}")
-        except ModuleNotFoundError:
-            pass
+        from importlib.metadata import entry_points
+
+        found = [ep.value for ep in entry_points(group="nftkit.adapters") if ep.name == name]
+        for module in [f"nftkit.adapters.{name}", *found, name]:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as err:
+                if err.name is None or not module.startswith(err.name):
+                    raise  # the module exists but one of its own imports is missing
+                continue
+            if name in ADAPTERS:
+                break
     return ADAPTERS.get(name)
 
 

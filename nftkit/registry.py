@@ -17,7 +17,8 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+                raise ConfigError(f"{self.kind} '{name}' is registered twice ({_origin(self._items[name])} and "
+                                  f"{_origin(obj)}); import its module under one name only, or rename one of them")
             self._items[name] = obj
             return obj
 
@@ -38,3 +39,7 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def _origin(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"

@@ -1,10 +1,13 @@
 """The docs do what they say: every Python block runs, every nftkit command line is valid, and the
 recipe reference matches the recipe files.
 
-A Python block is skipped only when the line before its fence is ``<!-- not-run: reason -->``.
+A block right after ``<!-- from: PATH -->`` is an excerpt and must appear verbatim in PATH; a Python
+block after ``<!-- not-run: reason -->`` is an illustrative fragment and is skipped; every other Python
+block runs, in order, in one namespace per page, in a temporary folder, with ``examples/`` importable.
 """
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,14 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>[a-z]*)\n(?P<body>.*?)\n```", re.S)
 
 
+def marked(page: Path) -> list[tuple[str, str, str]]:
+    """(mark, language, body) of every fenced block; mark is the HTML comment on the line before, if any."""
+    return [(m["before"].strip()[4:-3].strip() if m["before"].startswith("<!--") else "", m["lang"], m["body"])
+            for m in FENCE.finditer("\n" + page.read_text())]
+
+
 def blocks(page: Path, lang: str) -> list[str]:
-    return [m["body"] for m in FENCE.finditer("\n" + page.read_text())
-            if m["lang"] == lang and not m["before"].startswith("<!-- not-run")]
+    return [body for mark, language, body in marked(page) if language == lang and not mark]
 
 
 def commands(page: Path) -> list[list[str]]:
@@ -39,7 +47,10 @@ PY_CASES = [(p, i) for p in PAGES for i in range(len(blocks(p, "python")))]
 
 @pytest.mark.parametrize("page", sorted({p for p, _ in PY_CASES}), ids=lambda p: p.name)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
+    if "espeak-ng" in page.read_text() and shutil.which("espeak-ng") is None:
+        pytest.skip("this page synthesises speech with espeak-ng (apt-get install espeak-ng; make setup does)")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
     namespace: dict = {"__name__": "__docs__"}
     for i, body in enumerate(blocks(page, "python")):
         try:
@@ -67,8 +78,17 @@ def test_command_lines_are_valid(page, argv):
         load_suite(args.name, overrides)
 
 
+EXCERPTS = [(p, mark.removeprefix("from:").strip(), body) for p in PAGES for mark, _, body in marked(p)
+            if mark.startswith("from:")]
+
+
+@pytest.mark.parametrize("page,path,body", EXCERPTS, ids=[f"{p.name}:{path}" for p, path, _ in EXCERPTS])
+def test_excerpts_are_verbatim_parts_of_their_files(page, path, body):
+    assert body in (ROOT / path).read_text(), f"{page.name}: a block marked 'from: {path}' is not a verbatim part of it"
+
+
 def test_there_are_docs_to_check():
-    assert len(PY_CASES) >= 5 and len(CMD_CASES) >= 5
+    assert len(PY_CASES) >= 5 and len(CMD_CASES) >= 5 and len(EXCERPTS) >= 5
 
 
 def test_recipe_reference_is_current():
