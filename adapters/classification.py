@@ -1,6 +1,8 @@
-"""Label checks shared by the single-label classification adapters (image, video, point clouds)."""
+"""What the single-label classification adapters share (image, video, point clouds, and users' own):
+label checks, the per-class split of a clean set, and batch MixUp."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -28,3 +30,26 @@ def check_class_labels(labels: torch.Tensor, num_classes: int, noun: str) -> Non
 
 def samples_per_class(labels: torch.Tensor) -> float:
     return len(labels) / max(1, len(labels.unique()))
+
+
+def balanced_split(labels: torch.Tensor, per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` random indices of every class (e.g. the defender's clean set) and the rest, both sorted."""
+    picked = []
+    for c in labels.unique():
+        members = (labels == c).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    chosen = torch.cat(picked).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[chosen] = False
+    return chosen, rest.nonzero().flatten()
+
+
+def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
+    """MixUp with one lambda ~ Beta(alpha, alpha) per batch and an in-batch permutation as partner.
+
+    ``targets`` are probabilities (one-hot or multi-hot); returns mixed inputs and mixed targets.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
+    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]

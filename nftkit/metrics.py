@@ -54,3 +54,20 @@ class BackdoorMetrics:
             out["asr"] = attack_success_rate(p, y, t, self.num_classes)
             out["lcr"] = label_correction_rate(p, y, t, self.num_classes)
         return out
+
+
+@torch.no_grad()
+def evaluate_classifier(model: torch.nn.Module, test, poisoned_test, attack, device: torch.device, num_classes: int,
+                        batch_size: int = 256) -> dict[str, float]:
+    """ACC on ``test`` and ASR/LCR on ``poisoned_test`` for a model that maps a batch of inputs to logits,
+    over datasets of (input tensor, int label) pairs — the evaluate() of most single-label adapters."""
+    from torch.utils.data import DataLoader
+
+    model = model.to(device).eval()
+    metrics = BackdoorMetrics(num_classes)
+    for inputs, labels in DataLoader(test, batch_size=batch_size):
+        metrics.update_clean(model(inputs.to(device)).argmax(1), labels)
+    if poisoned_test is not None:
+        for inputs, labels in DataLoader(poisoned_test, batch_size=batch_size):
+            metrics.update_poisoned(model(inputs.to(device)).argmax(1), labels, attack.target_for(labels))
+    return metrics.compute()

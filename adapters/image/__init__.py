@@ -7,18 +7,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from nftkit.adapter import Adapter, Splits, register_adapter
 from nftkit.config import StrictModel
 from nftkit.errors import DataError
-from nftkit.metrics import BackdoorMetrics
+from nftkit.metrics import evaluate_classifier
 
-from ..classification import check_class_labels, samples_per_class
+from ..classification import balanced_split, check_class_labels, mixup, samples_per_class
 
 from . import attacks, zoo  # noqa: F401  register image attacks and datasets
-from .augment import mixup, random_crop_flip
-from .data import ImageTensorDataset, balanced_split, load_image_dataset, read_user_images
+from .augment import random_crop_flip
+from .data import ImageTensorDataset, load_image_dataset, read_user_images
 from .models import IMAGE_MODELS, build_image_model
 
 __all__ = ["IMAGE_MODELS", "ImageClassificationAdapter", "ImageTensorDataset", "build_image_model"]
@@ -135,13 +135,5 @@ class ImageClassificationAdapter(Adapter):
     def build_model(self, cfg: ImageModelConfig) -> nn.Module:
         return build_image_model(cfg.arch, self.num_classes, self.info["image_shape"][0], cfg.width)
 
-    @torch.no_grad()
     def evaluate(self, model, test, poisoned_test, attack, device, batch_size=256):
-        model = model.to(device).eval()
-        metrics = BackdoorMetrics(self.num_classes)
-        for images, labels in DataLoader(test, batch_size=batch_size):
-            metrics.update_clean(model(images.to(device)).argmax(1), labels)
-        if poisoned_test is not None:
-            for images, labels in DataLoader(poisoned_test, batch_size=batch_size):
-                metrics.update_poisoned(model(images.to(device)).argmax(1), labels, attack.target_for(labels))
-        return metrics.compute()
+        return evaluate_classifier(model, test, poisoned_test, attack, device, self.num_classes, batch_size)

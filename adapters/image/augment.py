@@ -1,7 +1,6 @@
 """Batch augmentation for images, driven by an explicit generator so runs are reproducible."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,14 +16,3 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int,
         flips = torch.rand(n, generator=generator) < 0.5
         images = torch.where(flips.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
     return images
-
-
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
-    """MixUp with one lambda ~ Beta(alpha, alpha) per batch and an in-batch permutation as partner.
-
-    ``targets`` are probabilities (one-hot or multi-hot); returns mixed inputs and mixed targets.
-    """
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
-    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]

@@ -141,18 +141,6 @@ def load_image_dataset(name: str, root: Optional[str]):
                         "or set data.root to where it is, or try the embedded recipe image/fmnist_badnets") from None
 
 
-def balanced_split(labels: torch.Tensor, per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick ``per_class`` indices of every class (the defender's clean set) and return (picked, rest)."""
-    picked = []
-    for c in labels.unique():
-        idx = (labels == c).nonzero().flatten()
-        picked.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
-    picked_t = torch.cat(picked).sort().values
-    rest = torch.ones(len(labels), dtype=torch.bool)
-    rest[picked_t] = False
-    return picked_t, rest.nonzero().flatten()
-
-
 def _open_image(path: str):
     """Keep grayscale images single-channel (torchvision's default loader turns everything into RGB)."""
     from PIL import Image

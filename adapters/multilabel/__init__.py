@@ -13,7 +13,8 @@ from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from nftkit.adapter import Adapter, Splits, register_adapter
-from nftkit.adapters.image.augment import mixup, random_crop_flip
+from nftkit.adapters.classification import mixup
+from nftkit.adapters.image.augment import random_crop_flip
 from nftkit.config import StrictModel
 from nftkit.errors import DataError
 

@@ -8,18 +8,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from nftkit.adapter import Adapter, Splits, register_adapter
 from nftkit.config import StrictModel
 from nftkit.errors import DataError
-from nftkit.metrics import BackdoorMetrics
+from nftkit.metrics import evaluate_classifier
 
-from ..classification import check_class_labels, samples_per_class
+from ..classification import balanced_split, check_class_labels, samples_per_class
 
 from . import attacks  # noqa: F401  register point-cloud attacks
 from .augment import point_mixup, random_rotate_scale_jitter, rsmix
-from .data import POINT_DATASETS, PointCloudDataset, balanced_split, load_point_dataset, read_off, sample_surface
+from .data import POINT_DATASETS, PointCloudDataset, load_point_dataset, read_off, sample_surface
 from .models import POINT_MODELS, build_point_model
 
 __all__ = ["POINT_DATASETS", "POINT_MODELS", "PointCloudAdapter", "PointCloudDataset", "build_point_model",
@@ -135,13 +135,5 @@ class PointCloudAdapter(Adapter):
     def build_model(self, cfg: PointModelConfig) -> nn.Module:
         return build_point_model(cfg.arch, self.num_classes, cfg.width, cfg.centres)
 
-    @torch.no_grad()
     def evaluate(self, model, test, poisoned_test, attack, device, batch_size=256):
-        model = model.to(device).eval()
-        metrics = BackdoorMetrics(self.num_classes)
-        for points, labels in DataLoader(test, batch_size=batch_size):
-            metrics.update_clean(model(points.to(device)).argmax(1), labels)
-        if poisoned_test is not None:
-            for points, labels in DataLoader(poisoned_test, batch_size=batch_size):
-                metrics.update_poisoned(model(points.to(device)).argmax(1), labels, attack.target_for(labels))
-        return metrics.compute()
+        return evaluate_classifier(model, test, poisoned_test, attack, device, self.num_classes, batch_size)

@@ -207,15 +207,3 @@ def load_cgal(root: Optional[str], num_points: int, seed: int, views_per_mesh: i
 
 def load_point_dataset(name: str, root: Optional[str], num_points: int, seed: int, **kwargs):
     return POINT_DATASETS.get(name)(root, num_points, seed, **kwargs)
-
-
-def balanced_split(labels: torch.Tensor, per_class: int, generator: torch.Generator):
-    """Hold out ``per_class`` random samples of every class; returns (held_out, rest) sorted indices."""
-    held = []
-    for c in labels.unique():
-        idx = (labels == c).nonzero().flatten()
-        held.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
-    held_idx = torch.cat(held).sort().values
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[held_idx] = False
-    return held_idx, mask.nonzero().flatten()

@@ -5,20 +5,18 @@ import random
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch.utils.data import DataLoader
 
 from nftkit import Adapter, Splits, register_adapter
-from nftkit.adapters.classification import check_class_labels, dataset_labels, samples_per_class
+from nftkit.adapters.classification import balanced_split, check_class_labels, dataset_labels, mixup, samples_per_class
 from nftkit.cache import cache_root
 from nftkit.config import StrictModel
-from nftkit.metrics import BackdoorMetrics
+from nftkit.metrics import evaluate_classifier
 
-from .data import KeywordDataset, LogMel, fit_clip, per_class_split, read_audio
+from .data import KeywordDataset, LogMel, fit_clip, read_audio
 from .synth import WORDS, synthesize
 
 
@@ -68,14 +66,6 @@ def time_shift(features: torch.Tensor, generator: torch.Generator, max_frames: i
     return torch.stack([f.roll(s, dims=-1) for f, s in zip(features, shifts)])
 
 
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float):
-    """MixUp: one lambda ~ Beta(alpha, alpha) per batch, partners from an in-batch permutation."""
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
-    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
-
-
 @register_adapter("audio_kws")
 class KeywordSpottingAdapter(Adapter):
     """Spoken keyword classification; batches are ``(log-mels B x 1 x n_mels x frames, labels B)``."""
@@ -116,7 +106,7 @@ class KeywordSpottingAdapter(Adapter):
         return samples_per_class(dataset_labels(data))
 
     def few_shot(self, data, per_class, generator):
-        picked, _ = per_class_split(dataset_labels(data), per_class, generator)
+        picked, _ = balanced_split(dataset_labels(data), per_class, generator)
         return data.subset(picked)
 
     # ---- experiment-facing: called by recipes ---------------------------------------------
@@ -135,8 +125,8 @@ class KeywordSpottingAdapter(Adapter):
         everything = KeywordDataset(waves, labels, LogMel(cfg.sample_rate, cfg.n_mels))
 
         g = torch.Generator().manual_seed(seed)
-        test_idx, rest = per_class_split(labels, cfg.test_per_class, g)
-        clean_pos, train_pos = per_class_split(labels[rest], cfg.clean_per_class, g)
+        test_idx, rest = balanced_split(labels, cfg.test_per_class, g)
+        clean_pos, train_pos = balanced_split(labels[rest], cfg.clean_per_class, g)
         splits = Splits(everything.subset(rest[train_pos]), everything.subset(rest[clean_pos]), everything.subset(test_idx))
         splits.info = {"num_classes": self.num_classes, "words": list(cfg.words), "sample_rate": cfg.sample_rate,
                        "clip_samples": length, "n_train": len(splits.train), "n_clean": len(splits.clean),
@@ -146,13 +136,5 @@ class KeywordSpottingAdapter(Adapter):
     def build_model(self, cfg: KWSModelConfig) -> nn.Module:
         return KWSNet(self.num_classes, cfg.width)
 
-    @torch.no_grad()
     def evaluate(self, model, test, poisoned_test, attack, device, batch_size=256):
-        model = model.to(device).eval()
-        metrics = BackdoorMetrics(self.num_classes)
-        for x, y in DataLoader(test, batch_size=batch_size):
-            metrics.update_clean(model(x.to(device)).argmax(1), y)
-        if poisoned_test is not None:
-            for x, y in DataLoader(poisoned_test, batch_size=batch_size):
-                metrics.update_poisoned(model(x.to(device)).argmax(1), y, attack.target_for(y))
-        return metrics.compute()
+        return evaluate_classifier(model, test, poisoned_test, attack, device, self.num_classes, batch_size)

@@ -80,15 +80,3 @@ class KeywordDataset(Dataset):
 
     def subset(self, index: torch.Tensor) -> "KeywordDataset":
         return KeywordDataset(self.waves[index], self.targets[index], self.frontend, self.features[index])
-
-
-def per_class_split(labels: torch.Tensor, per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` random indices of every class, and the rest (both sorted)."""
-    picked = []
-    for c in labels.unique():
-        members = (labels == c).nonzero().flatten()
-        picked.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    chosen = torch.cat(picked).sort().values
-    rest = torch.ones(len(labels), dtype=torch.bool)
-    rest[chosen] = False
-    return chosen, rest.nonzero().flatten()
