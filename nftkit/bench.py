@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field
 
 from .config import StrictModel, validate
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .experiment import build_experiment, build_victim
 from .io import atomic_write, staged_dir, write_json, write_yaml
 from .purify import purify, resolve_config
@@ -101,7 +101,16 @@ def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, 
                         from .diagnostics import smoothness
 
                         extra["before_diag"] = smoothness(victim, exp.adapter, splits.clean, device=device)
-                    result = purify(victim, exp.adapter, clean, config=cfg)
+                    try:
+                        result = purify(victim, exp.adapter, clean, config=cfg)
+                    except ModelError as err:  # one diverging defense must not cost the rest of a long suite
+                        log(f"[{model_name} / {attack_name}] {row}: failed: {err}")
+                        rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,
+                                     "after": {k: math.nan for k in before}, "runtime_s": math.nan,
+                                     "n_clean": len(clean), "victim_cached": meta["cached"], "error": str(err),
+                                     "config": cfg.model_dump(), **extra})
+                        write_json(stage / "rows.json", rows)
+                        continue
                     after = measure(result.model)
                     if suite.diagnostics:
                         extra["after_diag"] = smoothness(result.model, exp.adapter, splits.clean, device=device)
@@ -161,4 +170,7 @@ def render_table(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]
 
     runs, averages = table_cells(rows, summary)
     lines = [f"# nftkit bench {name}", "", *markdown(*runs), "", "## Averages per method", "", *markdown(*averages)]
+    failed = [f"- {r['model']} / {r['attack']} / {r['method']}: {r['error']}" for r in rows if r.get("error")]
+    if failed:
+        lines += ["", "## Failed runs (nan above; a method's averages include them as nan)", "", *failed]
     return "\n".join(lines) + "\n"

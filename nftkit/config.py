@@ -35,6 +35,7 @@ class PurifyConfig(StrictModel):
     lr_min: float = Field(default=0.02, ge=0)
     lr_step_every: float = Field(default=0.4, gt=0, le=1)  # fraction of training between decays
     lr_step_gamma: float = Field(default=0.1, gt=0, le=1)
+    max_grad_norm: Optional[float] = Field(default=None, gt=0)  # clip the tunables' gradient norm before each step
     # neural masks
     placement: Placement = "bn_gamma"
     include: list[str] = Field(default_factory=list)

@@ -111,7 +111,11 @@ def feature_sets(adapter, before: nn.Module, after: nn.Module, test: Dataset, po
         head = classifier_name(before, trace_model(before, lambda m: adapter.forward(m, probe)))
         if head is None:
             return {}, "No output head (a last Linear or convolution layer) was found, so no features were captured."
-        return {phase: (head_features(model, adapter, clean + triggered, head, device, batch_size), is_triggered)
-                for phase, model in (("before", before), ("after", after))}, ""
+        sets = {phase: (head_features(model, adapter, clean + triggered, head, device, batch_size), is_triggered)
+                for phase, model in (("before", before), ("after", after))}
     except Exception as err:  # a model or data the hook cannot read: the report says so instead of failing the run
         return {}, f"Features could not be captured ({type(err).__name__}: {err})."
+    for phase, (points, _) in sets.items():
+        if not np.isfinite(points).all() or np.ptp(points, axis=0).max() == 0:
+            return {}, f"The head's input features of the {phase} model are not finite or all equal; no t-SNE."
+    return sets, ""

@@ -144,6 +144,11 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     optimizer = torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if world_size > 1:
         optimizer.register_step_pre_hook(lambda *_: average_gradients(tunables))
+    if cfg.max_grad_norm is not None:  # after averaging, so every rank clips the same gradient
+        def clip(*_):
+            torch.nn.utils.clip_grad_norm_(tunables, cfg.max_grad_norm)
+
+        optimizer.register_step_pre_hook(clip)
     total = cfg.total_steps(len(data))
     # every step's sample indices are fixed up front by the seed, so a resumed run draws the same batches
     indices = torch.randint(len(data), (total, cfg.batch_size), generator=torch.Generator().manual_seed(cfg.seed))

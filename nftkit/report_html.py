@@ -130,9 +130,10 @@ def tsne_figure(features: dict[str, tuple[np.ndarray, np.ndarray]], seed: int = 
     fig, axes = _figure(10, 4.5, 2)
     for ax, (phase, title) in zip(axes, (("before", "backdoored model"), ("after", "purified model"))):
         points, triggered = features[phase]
-        tsne = TSNE(2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=seed)
-        # a few hundred points need one thread, and OpenMP threads on busy cores stall: 1.4 s vs 11-27 s
-        # for 300 points on a loaded 2-core machine
+        # exact, not Barnes-Hut: a few hundred points are cheap either way, and the Barnes-Hut OpenMP
+        # code crashed (SIGSEGV) beside torch's OpenMP runtime in our tests; one thread, because OpenMP
+        # threads on busy cores stall (1.4 s vs 11-27 s for 300 points on a loaded 2-core machine)
+        tsne = TSNE(2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca", random_state=seed, method="exact")
         with threadpool_limits(1):
             xy = tsne.fit_transform(points)
         ax.scatter(*xy[~triggered].T, s=7, c=CLEAN, label="clean", alpha=0.7)

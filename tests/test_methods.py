@@ -121,3 +121,17 @@ def test_fst_reinitialises_the_head_and_keeps_the_class(tiny_data, adapter3):
     assert not torch.allclose(seen["head"], model.head.weight, atol=1e-3), "the head was re-initialised"
     assert "head_alignment" in result.history[0]
     assert torch.allclose(result.model.stem.weight, model.stem.weight, atol=1e-4)
+
+
+def test_max_grad_norm_bounds_every_update(tiny_data, adapter3):
+    from conftest import make_mlp
+
+    torch.manual_seed(0)
+    model = make_mlp()
+    clipped = nftkit.purify(model, adapter3, tiny_data, method="ft", steps=3, batch_size=8, lr=0.1, momentum=0.0,
+                            weight_decay=0.0, max_grad_norm=1e-3).model
+    moved = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(clipped.parameters(), model.parameters())))
+    assert 0 < moved <= 3 * 0.1 * 1e-3 + 1e-9
+    free = nftkit.purify(model, adapter3, tiny_data, method="ft", steps=3, batch_size=8, lr=0.1, momentum=0.0,
+                         weight_decay=0.0).model
+    assert torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(free.parameters(), model.parameters()))) > 10 * moved

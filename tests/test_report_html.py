@@ -178,3 +178,20 @@ def test_bench_writes_table_html(tmp_path):
         assert float(shown[header.index("runtime (s)")]) == pytest.approx(row["runtime_s"], abs=0.05)
     averages = {r[0]: r for r in page.rows[2 + len(saved["rows"]):]}
     assert set(averages) == {"nft", "ft"}
+
+
+@pytest.mark.slow
+def test_bench_records_a_diverging_defense_and_goes_on(tmp_path):
+    if not FMNIST.is_dir():
+        pytest.skip("Fashion-MNIST not installed (make setup installs it)")
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(yaml.safe_dump({
+        "base": "image/fmnist_badnets", "overrides": TINY["image"], "attacks": {"badnets": {"name": "badnets"}},
+        "methods": {"diverges": {"method": "ft", "steps": 3, "batch_size": 16, "lr": 1e30},
+                    "nft": {"method": "nft", "steps": 2, "batch_size": 16}}}))
+    out = tmp_path / "bench"
+    run_suite(str(suite), out=out, log=quiet)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["diverges", "nft"]
+    assert "lower the learning rate" in rows[0]["error"] and "error" not in rows[1]
+    assert "## Failed runs" in (out / "table.md").read_text()
