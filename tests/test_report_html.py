@@ -3,6 +3,7 @@ import base64
 import io
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,17 +156,22 @@ def test_report_without_masks_curves_or_features(tiny_data, adapter3):
     assert "This run has no attack." in text
 
 
-@pytest.mark.slow
-def test_bench_writes_table_html(tmp_path):
+def run_tiny_suite(tmp_path, methods: dict) -> Path:
+    """A one-attack suite on tiny Fashion-MNIST victims; returns its run folder."""
     if not FMNIST.is_dir():
         pytest.skip("Fashion-MNIST not installed (make setup installs it)")
     suite = tmp_path / "tiny.yaml"
-    suite.write_text(yaml.safe_dump({
-        "base": "image/fmnist_badnets", "overrides": TINY["image"], "attacks": {"badnets": {"name": "badnets"}},
-        "methods": {"nft": {"method": "nft", "steps": 2, "batch_size": 16},
-                    "ft": {"method": "ft", "steps": 2, "batch_size": 16}}}))
+    suite.write_text(yaml.safe_dump({"base": "image/fmnist_badnets", "overrides": TINY["image"],
+                                     "attacks": {"badnets": {"name": "badnets"}}, "methods": methods}))
     out = tmp_path / "bench"
     run_suite(str(suite), out=out, log=quiet)
+    return out
+
+
+@pytest.mark.slow
+def test_bench_writes_table_html(tmp_path):
+    out = run_tiny_suite(tmp_path, {"nft": {"method": "nft", "steps": 2, "batch_size": 16},
+                                    "ft": {"method": "ft", "steps": 2, "batch_size": 16}})
     page = Page((out / "table.html").read_text())
     assert page.sections == ["rows", "averages", "runtime"] and len(page.images) == 1
     check_self_contained(page)
@@ -182,15 +188,8 @@ def test_bench_writes_table_html(tmp_path):
 
 @pytest.mark.slow
 def test_bench_records_a_diverging_defense_and_goes_on(tmp_path):
-    if not FMNIST.is_dir():
-        pytest.skip("Fashion-MNIST not installed (make setup installs it)")
-    suite = tmp_path / "tiny.yaml"
-    suite.write_text(yaml.safe_dump({
-        "base": "image/fmnist_badnets", "overrides": TINY["image"], "attacks": {"badnets": {"name": "badnets"}},
-        "methods": {"diverges": {"method": "ft", "steps": 3, "batch_size": 16, "lr": 1e30},
-                    "nft": {"method": "nft", "steps": 2, "batch_size": 16}}}))
-    out = tmp_path / "bench"
-    run_suite(str(suite), out=out, log=quiet)
+    out = run_tiny_suite(tmp_path, {"diverges": {"method": "ft", "steps": 3, "batch_size": 16, "lr": 1e30},
+                                    "nft": {"method": "nft", "steps": 2, "batch_size": 16}})
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["diverges", "nft"]
     assert "lower the learning rate" in rows[0]["error"] and "error" not in rows[1]
