@@ -1,12 +1,17 @@
 """What the single-label classification adapters share (image, video, point clouds, and users' own):
-label checks, the per-class split of a clean set, and batch MixUp."""
+label checks, the per-class split of a clean set, batch MixUp, and the label side of their attacks."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from typing import Literal
+
+from pydantic import Field
 from torch.utils.data import Dataset
 
-from nftkit.errors import DataError
+from nftkit.attacks import Attack
+from nftkit.config import StrictModel
+from nftkit.errors import ConfigError, DataError
 
 
 def dataset_labels(data: Dataset) -> torch.Tensor:
@@ -53,3 +58,41 @@ def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generato
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
     return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+class LabelAttackConfig(StrictModel):
+    name: str
+    target: int = Field(default=0, ge=0)
+    mode: Literal["all2one", "all2all"] = "all2one"
+    poison_rate: float = Field(default=0.1, ge=0, le=1)
+    trigger_seed: int = 0
+
+
+class LabelAttack(Attack):
+    """The label side of a single-label attack: which label each sample is sent to, which samples can be
+    poisoned (those whose target differs from their label), and how many. Subclasses add the trigger."""
+
+    Config = LabelAttackConfig
+
+    def __init__(self, cfg, info, adapter=None):
+        super().__init__(cfg, info, adapter)
+        self.num_classes = info["num_classes"]
+        if cfg.target >= self.num_classes:
+            raise ConfigError(f"attack.target={cfg.target} is not a class of this {self.num_classes}-class dataset")
+
+    def target_for(self, labels: torch.Tensor) -> torch.Tensor:
+        if getattr(self.cfg, "mode", "all2one") == "all2all":
+            return (labels + 1) % self.num_classes
+        return torch.full_like(labels, self.cfg.target)
+
+    def _candidates(self, labels: torch.Tensor) -> torch.Tensor:
+        return (self.target_for(labels) != labels).nonzero().flatten()
+
+    def _choose(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``poison_rate`` of all samples, drawn from the candidates (fewer if there are not enough)."""
+        candidates = self._candidates(labels)
+        count = min(len(candidates), round(self.cfg.poison_rate * len(labels)))
+        return candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+
+    def _seeded(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.cfg.trigger_seed)

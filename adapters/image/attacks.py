@@ -9,51 +9,27 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from nftkit.attacks import ATTACKS, Attack
-from nftkit.config import StrictModel
 
+from ..classification import LabelAttack, LabelAttackConfig
 from .data import ImageTensorDataset
 
 
-class ImageAttackConfig(StrictModel):
-    name: str
-    target: int = Field(default=0, ge=0)
-    mode: Literal["all2one", "all2all"] = "all2one"
-    poison_rate: float = Field(default=0.1, ge=0, le=1)
-    trigger_seed: int = 0
+ImageAttackConfig = LabelAttackConfig
 
 
-class ImageAttack(Attack):
+class ImageAttack(LabelAttack):
     """Poison-label attack: ``poison_rate`` of the training set gets the trigger and the target label."""
-
-    Config = ImageAttackConfig
 
     def __init__(self, cfg, info, adapter=None):
         super().__init__(cfg, info, adapter)
-        self.num_classes = info["num_classes"]
         self.shape = info["image_shape"]  # C, H, W
-        if cfg.target >= self.num_classes:
-            from nftkit.errors import ConfigError
-
-            raise ConfigError(f"attack.target={cfg.target} is not a class of this {self.num_classes}-class dataset")
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """The trigger, applied to a batch of images in [0, 1]."""
         raise NotImplementedError
 
-    def target_for(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.cfg.mode == "all2all":
-            return (labels + 1) % self.num_classes
-        return torch.full_like(labels, self.cfg.target)
-
-    def _candidates(self, labels: torch.Tensor) -> torch.Tensor:
-        return (self.target_for(labels) != labels).nonzero().flatten()
-
-    def _count(self, n_train: int, n_candidates: int) -> int:
-        return min(n_candidates, round(self.cfg.poison_rate * n_train))
-
     def poison_train(self, train: ImageTensorDataset, generator: torch.Generator) -> ImageTensorDataset:
-        candidates = self._candidates(train.targets)
-        chosen = candidates[torch.randperm(len(candidates), generator=generator)[: self._count(len(train), len(candidates))]]
+        chosen = self._choose(train.targets, generator)
         images, labels = train.images.clone(), train.targets.clone()
         images[chosen] = self.apply(images[chosen])
         labels[chosen] = self.target_for(labels[chosen])
@@ -64,9 +40,6 @@ class ImageAttack(Attack):
     def poison_test(self, test: ImageTensorDataset) -> ImageTensorDataset:
         keep = self._candidates(test.targets)
         return ImageTensorDataset(self.apply(test.images[keep]), test.targets[keep])
-
-    def _seeded(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.cfg.trigger_seed)
 
 
 @ATTACKS.register("image/badnets")

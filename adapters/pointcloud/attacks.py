@@ -10,47 +10,24 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from nftkit.attacks import ATTACKS, Attack
-from nftkit.config import StrictModel
 from nftkit.errors import ConfigError
 
+from ..classification import LabelAttack, LabelAttackConfig
 from .data import PointCloudDataset, rotation
 
 
-class PointAttackConfig(StrictModel):
-    name: str
-    target: int = Field(default=0, ge=0)
-    mode: Literal["all2one", "all2all"] = "all2one"
-    poison_rate: float = Field(default=0.1, ge=0, le=1)
-    trigger_seed: int = 0
+PointAttackConfig = LabelAttackConfig
 
 
-class PointAttack(Attack):
+class PointAttack(LabelAttack):
     """Poison-label: ``poison_rate`` of the training clouds get the trigger and the target label."""
-
-    Config = PointAttackConfig
-
-    def __init__(self, cfg, info, adapter=None):
-        super().__init__(cfg, info, adapter)
-        self.num_classes = info["num_classes"]
-        if cfg.target >= self.num_classes:
-            raise ConfigError(f"attack.target={cfg.target} is not a class of this {self.num_classes}-class dataset")
 
     def apply(self, points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The trigger applied to clouds (B, N, 3)."""
         raise NotImplementedError
 
-    def target_for(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.cfg.mode == "all2all":
-            return (labels + 1) % self.num_classes
-        return torch.full_like(labels, self.cfg.target)
-
-    def _candidates(self, labels: torch.Tensor) -> torch.Tensor:
-        return (self.target_for(labels) != labels).nonzero().flatten()
-
     def poison_train(self, train: PointCloudDataset, generator: torch.Generator) -> PointCloudDataset:
-        candidates = self._candidates(train.targets)
-        count = min(len(candidates), round(self.cfg.poison_rate * len(train)))
-        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+        chosen = self._choose(train.targets, generator)
         points, labels = train.points.clone(), train.targets.clone()
         points[chosen] = self.apply(points[chosen], generator)
         labels[chosen] = self.target_for(labels[chosen])
@@ -62,9 +39,6 @@ class PointAttack(Attack):
         keep = self._candidates(test.targets)
         g = torch.Generator().manual_seed(self.cfg.trigger_seed + 1)
         return PointCloudDataset(self.apply(test.points[keep], g), test.targets[keep])
-
-    def _seeded(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.cfg.trigger_seed)
 
 
 def insert_cluster(points: torch.Tensor, cluster: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 import nftkit
-from nftkit.attacks import ATTACKS, Attack
+from nftkit.attacks import ATTACKS
 from nftkit.config import StrictModel
 from nftkit.errors import ConfigError
 
+from ..classification import LabelAttack
 from .data import EditedVideos, VideoDataset
 
 
@@ -34,17 +35,14 @@ class VideoAttackConfig(StrictModel):
     trigger_seed: int = 0
 
 
-class VideoAttack(Attack):
+class VideoAttack(LabelAttack):
     """All-to-one patch attack; the trigger sits in the bottom-right corner of every frame."""
 
     Config = VideoAttackConfig
 
     def __init__(self, cfg, info, adapter=None):
         super().__init__(cfg, info, adapter)
-        self.num_classes = info["num_classes"]
         t, c, h, w = info["clip_shape"]
-        if cfg.target >= self.num_classes:
-            raise ConfigError(f"attack.target={cfg.target} is not a class of this {self.num_classes}-class dataset")
         side = max(2, round(cfg.trigger_size * min(h, w) / cfg.reference_size))
         g = torch.Generator().manual_seed(cfg.trigger_seed)
         self.pattern = (torch.rand(c, side, side, generator=g) > 0.5).float()  # a high-contrast random patch
@@ -57,12 +55,6 @@ class VideoAttack(Attack):
         out[..., -s:, -s:] = pattern.to(clips.device, clips.dtype)
         return out
 
-    def target_for(self, labels: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(labels, self.cfg.target)
-
-    def _candidates(self, labels: torch.Tensor) -> torch.Tensor:
-        return (labels != self.cfg.target).nonzero().flatten()
-
     def poison_test(self, test: VideoDataset) -> VideoDataset:
         keep = self._candidates(test.targets)
         return EditedVideos(test, index=keep, triggered=keep, trigger=self.apply)
@@ -73,9 +65,7 @@ class VideoBadNets(VideoAttack):
     """Poison-label patch attack: ``poison_rate`` of the training clips get the trigger and the target label."""
 
     def poison_train(self, train, generator):
-        candidates = self._candidates(train.targets)
-        n = min(len(candidates), round(self.cfg.poison_rate * len(train)))
-        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:n]]
+        chosen = self._choose(train.targets, generator)
         targets = train.targets.clone()
         targets[chosen] = self.cfg.target
         return EditedVideos(train, targets=targets, triggered=chosen, trigger=self.apply)
