@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import Field
 from torch.utils.data import Dataset
 
+import torch.nn.functional as F
+
+from nftkit.adapter import Adapter
 from nftkit.attacks import Attack
 from nftkit.config import StrictModel
 from nftkit.errors import ConfigError, DataError
@@ -96,3 +99,17 @@ class LabelAttack(Attack):
 
     def _seeded(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.cfg.trigger_seed)
+
+
+class SingleLabelAdapter(Adapter):
+    """Forward and loss of a classifier whose batches are ``(inputs, labels)``: labels are class indices,
+    or class probabilities after MixUp."""
+
+    def forward(self, model, batch):
+        return model(batch[0])
+
+    def loss(self, model, batch):
+        return F.cross_entropy(self.forward(model, batch), batch[1])
+
+    def sample_losses(self, model, batch):
+        return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")

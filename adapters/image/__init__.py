@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from nftkit.adapter import Adapter, Splits, register_adapter
+from nftkit.adapter import Splits, register_adapter
 from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import evaluate_classifier
 
-from ..classification import balanced_split, check_class_labels, mixup, samples_per_class
+from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, mixup, samples_per_class
 
 from . import attacks, zoo  # noqa: F401  register image attacks and datasets
 from .augment import random_crop_flip
@@ -39,7 +39,7 @@ class ImageModelConfig(StrictModel):
 
 
 @register_adapter("image")
-class ImageClassificationAdapter(Adapter):
+class ImageClassificationAdapter(SingleLabelAdapter):
     """Single-label image classification; batches are ``(images B x C x H x W, labels B)``."""
 
     DataConfig = ImageDataConfig
@@ -63,15 +63,6 @@ class ImageClassificationAdapter(Adapter):
             return images, labels
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
         return mixup(images, targets, generator, self.mix_alpha)
-
-    def forward(self, model, batch):
-        return model(batch[0])
-
-    def loss(self, model, batch):
-        return F.cross_entropy(self.forward(model, batch), batch[1])
-
-    def sample_losses(self, model, batch):
-        return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
 
     def _scan(self, data: Dataset) -> torch.Tensor:
         targets = getattr(data, "targets", None)

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from nftkit.adapter import Adapter, Splits, register_adapter
+from nftkit.adapter import Splits, register_adapter
 from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import evaluate_classifier
 
-from ..classification import balanced_split, check_class_labels, samples_per_class
+from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, samples_per_class
 
 from . import attacks  # noqa: F401  register point-cloud attacks
 from .augment import point_mixup, random_rotate_scale_jitter, rsmix
@@ -52,7 +52,7 @@ class PointModelConfig(StrictModel):
 
 
 @register_adapter("pointcloud")
-class PointCloudAdapter(Adapter):
+class PointCloudAdapter(SingleLabelAdapter):
     """Single-label point-cloud classification; batches are ``(points B x N x 3, labels B)``."""
 
     DataConfig = PointDataConfig
@@ -76,15 +76,6 @@ class PointCloudAdapter(Adapter):
         if c.mix == "rsmix":
             return rsmix(points, targets, generator, c.mix_alpha)
         return point_mixup(points, targets, generator, c.mix_alpha, c.assignment)
-
-    def forward(self, model, batch):
-        return model(batch[0])
-
-    def loss(self, model, batch):
-        return F.cross_entropy(self.forward(model, batch), batch[1])
-
-    def sample_losses(self, model, batch):
-        return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
 
     def few_shot(self, data, per_class, generator):
         picked, _ = balanced_split(self._labels(data), per_class, generator)

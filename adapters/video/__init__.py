@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
-from nftkit.adapter import Adapter, Splits, register_adapter
+from nftkit.adapter import Splits, register_adapter
 from nftkit.config import StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
-from ..classification import check_class_labels, dataset_labels, samples_per_class
+from ..classification import SingleLabelAdapter, check_class_labels, dataset_labels, samples_per_class
 
 from .atari import DEFAULT_GAMES, atari_folder
 from .augment import crop_flip_clips, mixup_clips, videomix
@@ -72,7 +72,7 @@ class VideoModelConfig(StrictModel):
 
 
 @register_adapter("video")
-class VideoAdapter(Adapter):
+class VideoAdapter(SingleLabelAdapter):
     """Clip classification; batches are ``(clips B x T x 3 x H x W in [0, 1], labels B)``."""
 
     DataConfig = VideoDataConfig
@@ -100,15 +100,6 @@ class VideoAdapter(Adapter):
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
         mixer = videomix if self.mix == "videomix" else mixup_clips
         return mixer(clips, targets, generator, self.mix_alpha)
-
-    def forward(self, model, batch):
-        return model(batch[0])
-
-    def loss(self, model, batch):
-        return F.cross_entropy(self.forward(model, batch), batch[1])
-
-    def sample_losses(self, model, batch):
-        return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
 
     def few_shot(self, data, per_class, generator):
         labels = self._labels(data)
