@@ -215,7 +215,7 @@ class SimilarityFilter:
             path = _packaged_minilm()
         folder = local_folder(path, "data.augment.filter_path")
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
         self.threshold = threshold
 
     @torch.no_grad()
