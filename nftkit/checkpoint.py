@@ -1,7 +1,7 @@
 """Crash-safe run state: written atomically every N steps, read back by ``resume``.
 
 Holds everything the loop needs to continue bit-identically: the wrapped model's state (tunables and
-BatchNorm statistics), the optimiser's momentum, the random generators and the history so far.
+BatchNorm statistics), the optimiser's state (momentum, Adam moments), the random generators and the history so far.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def save_state(path: Path, step: int, model: nn.Module, optimizer: torch.optim.O
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
-        buf = optimizer.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"momentum.{i}"] = buf
+        for name, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{i}.{name}"] = value
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"step": str(step), "history": json.dumps(history), "config": json.dumps(config, sort_keys=True)}
@@ -45,8 +45,10 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, g
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
-        if f"momentum.{i}" in tensors:
-            optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
+        prefix = f"optim.{i}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if state:  # AdamW keeps its step count on the CPU; moments live beside the parameter
+            optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
     generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"]) + 1, json.loads(meta["history"])

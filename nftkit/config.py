@@ -28,6 +28,7 @@ class PurifyConfig(StrictModel):
     epochs: Optional[float] = Field(default=None, gt=0)
     batch_size: int = Field(default=128, ge=1)
     # optimiser
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw (with warmup) trains transformers that SGD cannot
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.95, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -35,6 +36,7 @@ class PurifyConfig(StrictModel):
     lr_min: float = Field(default=0.02, ge=0)
     lr_step_every: float = Field(default=0.4, gt=0, le=1)  # fraction of training between decays
     lr_step_gamma: float = Field(default=0.1, gt=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)  # linear ramp from 0 to the scheduled lr
     max_grad_norm: Optional[float] = Field(default=None, gt=0)  # clip the tunables' gradient norm before each step
     # neural masks
     placement: Placement = "bn_gamma"

@@ -57,12 +57,24 @@ def check_finite(model: nn.Module) -> None:
 
 
 def _lr_at(cfg: PurifyConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return _scheduled_lr(cfg, cfg.warmup_steps, total) * (step + 1) / (cfg.warmup_steps + 1)
+    return _scheduled_lr(cfg, step, total)
+
+
+def _scheduled_lr(cfg: PurifyConfig, step: int, total: int) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / total))
     if cfg.lr_schedule == "step":
         every = max(1, round(cfg.lr_step_every * total))
         return cfg.lr * cfg.lr_step_gamma ** (step // every)
     return cfg.lr
+
+
+def _optimizer(cfg: PurifyConfig, tunables: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":  # momentum plays beta1's role, so one knob means the same in both
+        return torch.optim.AdamW(tunables, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _set_train_mode(model: nn.Module, bn_mode: str) -> None:
@@ -141,7 +153,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         chosen.prepare(setup)
     regularizers = chosen.regularizers(setup)
 
-    optimizer = torch.optim.SGD(tunables, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(cfg, tunables)
     if world_size > 1:
         optimizer.register_step_pre_hook(lambda *_: average_gradients(tunables))
     if cfg.max_grad_norm is not None:  # after averaging, so every rank clips the same gradient

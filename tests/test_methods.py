@@ -135,3 +135,18 @@ def test_max_grad_norm_bounds_every_update(tiny_data, adapter3):
     free = nftkit.purify(model, adapter3, tiny_data, method="ft", steps=3, batch_size=8, lr=0.1, momentum=0.0,
                          weight_decay=0.0).model
     assert torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(free.parameters(), model.parameters()))) > 10 * moved
+
+
+def test_adamw_with_linear_warmup(tiny_data, adapter3):
+    from conftest import make_mlp
+
+    torch.manual_seed(0)
+    model = make_mlp()
+    result = nftkit.purify(model, adapter3, tiny_data, method="ft", optimizer="adamw", lr=1e-3, lr_schedule="constant",
+                           warmup_steps=3, steps=5, batch_size=8, weight_decay=0.0, augment="none")
+    assert [round(h["lr"], 8) for h in result.history] == [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]
+    first = nftkit.purify(model, adapter3, tiny_data, method="ft", optimizer="adamw", lr=1e-3, steps=1, batch_size=8,
+                          weight_decay=0.0, augment="none", lr_schedule="constant").model
+    # Adam's first update is lr * g / (|g| + eps): a weight with a clear gradient moves by lr, none by more
+    moved = (first[1].weight - model[1].weight).abs()
+    assert moved.max() <= 1.001e-3 and moved.median() > 0.99e-3

@@ -88,3 +88,19 @@ def test_ctrl_c_saves_state_and_says_how_to_resume(tmp_path, tiny_data, adapter3
     with pytest.raises(nftkit.errors.Interrupted, match="--resume"):
         nftkit.purify(TINY_MODELS["conv_bn"](), adapter3, tiny_data, steps=6, batch_size=8, checkpoint=ckpt, on_step=interrupt)
     assert _step(ckpt) == 2
+
+
+def test_adamw_state_survives_a_resume(tmp_path, tiny_data, adapter3):
+    from conftest import TINY_MODELS
+
+    kw = dict(method="ft", optimizer="adamw", lr=1e-3, warmup_steps=2, steps=6, batch_size=8, checkpoint_every=3)
+    ckpt, midway = tmp_path / "state.safetensors", tmp_path / "midway.safetensors"
+
+    def keep_midway(step, model):
+        if step == 3:  # the file now holds the state after step 2, Adam moments included
+            midway.write_bytes(ckpt.read_bytes())
+
+    whole = nftkit.purify(TINY_MODELS["conv_bn"](), adapter3, tiny_data, checkpoint=ckpt, on_step=keep_midway, **kw)
+    resumed = nftkit.purify(TINY_MODELS["conv_bn"](), adapter3, tiny_data, checkpoint=midway, resume=True, **kw)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
