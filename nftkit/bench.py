@@ -66,59 +66,68 @@ def _row_config(suite: SuiteConfig, row: str, base: dict[str, Any]) -> tuple[Any
     return resolve_config(None, {**run, **spec}), few_shot
 
 
-def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print) -> dict[str, Any]:
+def prepare_suite(name: str, overrides: list[str] = ()) -> tuple[SuiteConfig, list[tuple[str, str, dict, Any]]]:
+    """Validate every row and every (model, attack) cell before any compute is spent; return the cells
+    as (model name, attack name, raw recipe, experiment)."""
     suite = load_suite(name, overrides)
     if suite.reference not in suite.methods:
         raise ConfigError(f"reference method '{suite.reference}' is not one of the suite's methods {list(suite.methods)}")
     base = load_recipe(suite.base, suite.overrides)
-    for row in suite.methods:  # validate every row before spending any compute
+    for row in suite.methods:
         _row_config(suite, row, base)
+    cells = []
+    for model_name, model_section in suite.models.items():
+        for attack_name, attack_section in suite.attacks.items():
+            raw = dict(base, model={**base.get("model", {}), **model_section}, attack=attack_section)
+            cells.append((model_name, attack_name, raw, build_experiment(suite.base, raw)))
+    return suite, cells
+
+
+def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print) -> dict[str, Any]:
+    suite, cells = prepare_suite(name, overrides)
     if out is None:
         out = Path("runs") / "bench" / name.replace("/", "_") / time.strftime("%Y%m%d-%H%M%S")
     rows: list[dict[str, Any]] = []
     with staged_dir(Path(out)) as stage:
         write_yaml(stage / "resolved.yaml", suite.model_dump())
-        for model_name, model_section in suite.models.items():
-            for attack_name, attack_section in suite.attacks.items():
-                raw = dict(base, model={**base.get("model", {}), **model_section}, attack=attack_section)
-                exp = build_experiment(suite.base, raw)
-                splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
-                victim, attack, poisoned_test, meta = build_victim(exp, splits, log)
-                device = torch.device(exp.recipe.device)
+        for model_name, attack_name, raw, exp in cells:
+            splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
+            victim, attack, poisoned_test, meta = build_victim(exp, splits, log)
+            device = torch.device(exp.recipe.device)
 
-                def measure(model):
-                    return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
+            def measure(model):
+                return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
 
-                before = measure(victim)
-                log(f"[{model_name} / {attack_name}] backdoored: {before}")
-                for row in suite.methods:
-                    cfg, few_shot = _row_config(suite, row, raw)
-                    clean = splits.clean
-                    if few_shot:
-                        clean = exp.adapter.few_shot(clean, few_shot, torch.Generator().manual_seed(cfg.seed))
-                    extra = {}
-                    if suite.diagnostics:
-                        from .diagnostics import smoothness
+            before = measure(victim)
+            log(f"[{model_name} / {attack_name}] backdoored: {before}")
+            for row in suite.methods:
+                cfg, few_shot = _row_config(suite, row, raw)
+                clean = splits.clean
+                if few_shot:
+                    clean = exp.adapter.few_shot(clean, few_shot, torch.Generator().manual_seed(cfg.seed))
+                extra = {}
+                if suite.diagnostics:
+                    from .diagnostics import smoothness
 
-                        extra["before_diag"] = smoothness(victim, exp.adapter, splits.clean, device=device)
-                    try:
-                        result = purify(victim, exp.adapter, clean, config=cfg)
-                    except ModelError as err:  # one diverging defense must not cost the rest of a long suite
-                        log(f"[{model_name} / {attack_name}] {row}: failed: {err}")
-                        rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,
-                                     "after": {k: math.nan for k in before}, "runtime_s": math.nan,
-                                     "n_clean": len(clean), "victim_cached": meta["cached"], "error": str(err),
-                                     "config": cfg.model_dump(), **extra})
-                        write_json(stage / "rows.json", rows)
-                        continue
-                    after = measure(result.model)
-                    if suite.diagnostics:
-                        extra["after_diag"] = smoothness(result.model, exp.adapter, splits.clean, device=device)
-                    log(f"[{model_name} / {attack_name}] {row}: {after} in {result.runtime_s:.1f}s")
+                    extra["before_diag"] = smoothness(victim, exp.adapter, splits.clean, device=device)
+                try:
+                    result = purify(victim, exp.adapter, clean, config=cfg)
+                except ModelError as err:  # one diverging defense must not cost the rest of a long suite
+                    log(f"[{model_name} / {attack_name}] {row}: failed: {err}")
                     rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,
-                                 "after": after, "runtime_s": result.runtime_s, "n_clean": len(clean),
-                                 "victim_cached": meta["cached"], "config": result.config.model_dump(), **extra})
-                    write_json(stage / "rows.json", rows)  # partial progress visible inside the staged folder
+                                 "after": {k: math.nan for k in before}, "runtime_s": math.nan,
+                                 "n_clean": len(clean), "victim_cached": meta["cached"], "error": str(err),
+                                 "config": cfg.model_dump(), **extra})
+                    write_json(stage / "rows.json", rows)
+                    continue
+                after = measure(result.model)
+                if suite.diagnostics:
+                    extra["after_diag"] = smoothness(result.model, exp.adapter, splits.clean, device=device)
+                log(f"[{model_name} / {attack_name}] {row}: {after} in {result.runtime_s:.1f}s")
+                rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,
+                             "after": after, "runtime_s": result.runtime_s, "n_clean": len(clean),
+                             "victim_cached": meta["cached"], "config": result.config.model_dump(), **extra})
+                write_json(stage / "rows.json", rows)  # partial progress visible inside the staged folder
         summary = summarize(rows, suite.reference)
         table = render_table(rows, summary, name)
         atomic_write(stage / "table.md", table.encode())

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 import nftkit
+from nftkit.bench import list_suites, prepare_suite
 from nftkit.experiment import prepare, run
 from nftkit.recipe import list_recipes, recipe_text
 
@@ -29,6 +30,20 @@ def test_recipe_opens_with_its_command_and_validates(name):
     assert recipe_text(name).splitlines()[0] == f"# nftkit recipe run {name}"
     exp = prepare(name)
     assert exp.sections["defense"].method in nftkit.METHODS
+
+
+@pytest.mark.parametrize("name", list_suites())
+def test_every_bench_suite_validates_each_row_and_cell(name):
+    suite, cells = prepare_suite(name)
+    assert len(cells) == len(suite.models) * len(suite.attacks)
+
+
+def test_a_bad_attack_key_in_a_suite_fails_before_any_compute(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": "image/fmnist_badnets", "attacks": {"x": {"name": "badnets", "targte": 1}},
+                                   "methods": {"nft": {"method": "nft"}}}))
+    with pytest.raises(nftkit.ConfigError, match="targte"):
+        prepare_suite(str(bad))
 
 
 def test_unknown_recipe_key_names_the_key():
