@@ -8,7 +8,8 @@ import sys
 import pytest
 
 import nftkit
-from nftkit.experiment import run
+from nftkit.attacks import ATTACKS
+from nftkit.experiment import prepare, run
 
 pytest.importorskip("av")
 from test_video import write_fake_ucf101  # noqa: E402
@@ -68,3 +69,13 @@ def test_embedded_atari_recipe_runs_with_tiny_overrides(tmp_path):
     assert len(list((tmp_path / "atari" / "UCF-101" / "Up").glob("*.avi"))) == 7
     assert (tmp_path / "atari" / "ucfTrainTestlist" / "trainlist01.txt").read_text().count("\n") == 10
     assert {"acc", "asr", "lcr"} <= set(results["after"])
+
+
+def test_embedded_clean_label_trigger_is_wider_than_the_crop_jitter():
+    # at 32 x 32 the paper's 20/224 trigger is 3 px, which the 4-px crop jitter of victim training
+    # hides or moves in most clips: the clean-label attack then never implanted (docs/video.md)
+    exp = prepare("video/atari_clb")
+    data, cfg = exp.sections["data"], exp.sections["attack"]
+    info = {"num_classes": 2, "clip_shape": (data.num_frames, 3, data.size, data.size)}
+    side = ATTACKS.get("video/clb")(cfg, info, exp.adapter).pattern.shape[-1]
+    assert side > exp.adapter.crop_pad(data.size)

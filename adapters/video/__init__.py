@@ -93,13 +93,17 @@ class VideoAdapter(SingleLabelAdapter):
         clips, labels = batch
         if kind == "none":
             return batch
-        pad = self.crop_padding if self.crop_padding is not None else max(1, clips.shape[-1] // 8)
-        clips = crop_flip_clips(clips, generator, pad, self.flip)
+        clips = crop_flip_clips(clips, generator, self.crop_pad(clips.shape[-1]), self.flip)
         if kind == "basic":
             return clips, labels
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
         mixer = videomix if self.mix == "videomix" else mixup_clips
         return mixer(clips, targets, generator, self.mix_alpha)
+
+    def crop_pad(self, size: int) -> int:
+        """Zero padding of the random crop, i.e. how far training shifts a frame: a patch trigger must
+        be wider than this or the crop hides it (clean-label attacks then fail to implant)."""
+        return self.crop_padding if self.crop_padding is not None else max(1, size // 8)
 
     def few_shot(self, data, per_class, generator):
         labels = self._labels(data)
