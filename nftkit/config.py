@@ -33,7 +33,7 @@ class PurifyConfig(StrictModel):
     momentum: float = Field(default=0.95, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
-    lr_min: float = Field(default=0.02, ge=0)
+    lr_min: float = Field(default=0.02, ge=0)  # cosine floor; an lr below it stays constant instead of rising
     lr_step_every: float = Field(default=0.4, gt=0, le=1)  # fraction of training between decays
     lr_step_gamma: float = Field(default=0.1, gt=0, le=1)
     warmup_steps: int = Field(default=0, ge=0)  # linear ramp from 0 to the scheduled lr

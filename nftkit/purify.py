@@ -64,7 +64,8 @@ def _lr_at(cfg: PurifyConfig, step: int, total: int) -> float:
 
 def _scheduled_lr(cfg: PurifyConfig, step: int, total: int) -> float:
     if cfg.lr_schedule == "cosine":
-        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / total))
+        floor = min(cfg.lr_min, cfg.lr)  # NFT's floor (0.02) is absolute: a smaller lr must not climb to it
+        return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * step / total))
     if cfg.lr_schedule == "step":
         every = max(1, round(cfg.lr_step_every * total))
         return cfg.lr * cfg.lr_step_gamma ** (step // every)

@@ -150,3 +150,9 @@ def test_adamw_with_linear_warmup(tiny_data, adapter3):
     # Adam's first update is lr * g / (|g| + eps): a weight with a clear gradient moves by lr, none by more
     moved = (first[1].weight - model[1].weight).abs()
     assert moved.max() <= 1.001e-3 and moved.median() > 0.99e-3
+
+
+def test_cosine_never_rises_when_lr_is_below_the_floor(tiny_data, adapter3):
+    torch.manual_seed(0)
+    result = nftkit.purify(TINY_MODELS["mlp"](), adapter3, tiny_data, method="nft", lr=0.001, steps=4, batch_size=8)
+    assert result.config.lr_min == 0.02 and all(h["lr"] == pytest.approx(0.001) for h in result.history)
