@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .io import load_tensors, save_tensors, write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 3DPC-BA victims cached before its trigger search was seeded met a different test trigger
 
 
 def cache_root() -> Path:

@@ -217,6 +217,18 @@ def test_3dpcba_places_the_cluster_with_a_surrogate():
         _attack("3dpcba")
 
 
+def test_3dpcba_places_the_same_cluster_whatever_the_global_rng():
+    # the victim cache keys on the attack config, not on the placed trigger: placing must be reproducible
+    def place(global_seed):
+        torch.manual_seed(global_seed)
+        attack = _attack("3dpcba", PointCloudAdapter(3), n_points=4, surrogate_steps=3, search_steps=3,
+                         search_starts=2, search_batch=8, surrogate_width=0.125)
+        attack.poison_train(_clouds(30), torch.Generator().manual_seed(0))
+        return attack.info["3dpcba_centre"]
+
+    assert place(1) == place(2)
+
+
 # ---- adapter + engine -----------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["pointnet", "pointnet2_ssg"])
 def test_nft_masks_batchnorm_gammas_and_folds_exactly(arch):

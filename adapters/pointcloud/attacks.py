@@ -130,7 +130,12 @@ class BackdoorPoints3D(PointAttack):
         cfg = self.cfg
         arch = self.adapter.ModelConfig(arch=cfg.surrogate_arch, width=cfg.surrogate_width)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        surrogate = nftkit.train(self.adapter.build_model(arch), self.adapter, train, steps=cfg.surrogate_steps,
+        # the initial weights come from the global RNG: seed it, or every run places a different trigger
+        # and a cached victim meets a test trigger it was never trained on
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            untrained = self.adapter.build_model(arch)
+        surrogate = nftkit.train(untrained, self.adapter, train, steps=cfg.surrogate_steps,
                                  lr=cfg.surrogate_lr, batch_size=32, seed=seed, device=cfg.device).model.eval()
         for p in surrogate.parameters():
             p.requires_grad_(False)
