@@ -114,10 +114,18 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
     torch.manual_seed(exp.recipe.seed)
     state = state_dir / "victim_state.safetensors" if state_dir is not None else None
     trained = purify(model, exp.adapter, train, config=s["victim"], checkpoint=state, resume=resume)
-    meta = {"train_time_s": trained.runtime_s, "steps": trained.config.steps, "spec": spec}
+    meta = {"train_time_s": trained.runtime_s, "steps": trained.config.steps, "spec": spec,
+            "loss_curve": loss_curve(trained.history)}
     if exp.recipe.cache_victim:
         store_victim(trained.model, key, meta)
     return trained.model, attack, poisoned_test, {**meta, "cached": False, "key": key}
+
+
+def loss_curve(history: list[dict[str, float]], points: int = 50) -> list[list[float]]:
+    """[step, mean loss] over ``points`` equal stretches of training: enough to see whether a victim converged."""
+    size = max(1, -(-len(history) // points))
+    return [[history[i]["step"], sum(h["loss"] for h in history[i:i + size]) / len(history[i:i + size])]
+            for i in range(0, len(history), size)]
 
 
 def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=print, resume: bool = False) -> dict[str, Any]:

@@ -81,6 +81,16 @@ def test_recipe_smoke_run(name, tmp_path):
     # the victim is cached: a second run reuses it
     again = run(name, TINY[data["adapter"]], tmp_path / "again", log=lambda *_: None)
     assert again["victim"]["cached"] is True and again["before"] == saved["before"]
+    assert [step for step, _ in saved["victim"]["loss_curve"]] == [0, 1, 2, 3]  # victim.steps=4
+    assert again["victim"]["loss_curve"] == saved["victim"]["loss_curve"]
+
+
+def test_victim_loss_curve_averages_equal_stretches():
+    from nftkit.experiment import loss_curve
+
+    history = [{"step": i, "loss": float(i)} for i in range(120)]
+    curve = loss_curve(history)
+    assert len(curve) == 40 and curve[0] == [0, 1.0] and curve[-1] == [117, 118.0]
 
 
 def test_existing_output_folder_is_not_overwritten(tmp_path):
