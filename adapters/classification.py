@@ -2,14 +2,13 @@
 label checks, the per-class split of a clean set, batch MixUp, and the label side of their attacks."""
 from __future__ import annotations
 
-import numpy as np
-import torch
 from typing import Literal
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import Dataset
-
-import torch.nn.functional as F
 
 from nftkit.adapter import Adapter
 from nftkit.attacks import Attack
@@ -84,7 +83,7 @@ class LabelAttack(Attack):
             raise ConfigError(f"attack.target={cfg.target} is not a class of this {self.num_classes}-class dataset")
 
     def target_for(self, labels: torch.Tensor) -> torch.Tensor:
-        if getattr(self.cfg, "mode", "all2one") == "all2all":
+        if self.cfg.mode == "all2all":
             return (labels + 1) % self.num_classes
         return torch.full_like(labels, self.cfg.target)
 

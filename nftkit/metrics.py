@@ -8,6 +8,7 @@ All in percent.
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
 
@@ -61,8 +62,6 @@ def evaluate_classifier(model: torch.nn.Module, test, poisoned_test, attack, dev
                         batch_size: int = 256) -> dict[str, float]:
     """ACC on ``test`` and ASR/LCR on ``poisoned_test`` for a model that maps a batch of inputs to logits,
     over datasets of (input tensor, int label) pairs — the evaluate() of most single-label adapters."""
-    from torch.utils.data import DataLoader
-
     model = model.to(device).eval()
     metrics = BackdoorMetrics(num_classes)
     for inputs, labels in DataLoader(test, batch_size=batch_size):

@@ -1,5 +1,4 @@
 """A run killed with SIGKILL resumes to the same final masks as an uninterrupted run; Ctrl-C saves state."""
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,7 @@
 """Image classification: models, datasets, attacks, augmentation, ACC/ASR/LCR."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from nftkit.attacks import ATTACKS, Attack
+from nftkit.attacks import ATTACKS
 
 from ..classification import LabelAttack, LabelAttackConfig
 from .data import ImageTensorDataset

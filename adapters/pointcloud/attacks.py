@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from nftkit.attacks import ATTACKS, Attack
+from nftkit.attacks import ATTACKS
 from nftkit.errors import ConfigError
 
 from ..classification import LabelAttack, LabelAttackConfig

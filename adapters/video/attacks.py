@@ -22,17 +22,14 @@ from nftkit.attacks import ATTACKS
 from nftkit.config import StrictModel
 from nftkit.errors import ConfigError
 
-from ..classification import LabelAttack
+from ..classification import LabelAttack, LabelAttackConfig
 from .data import EditedVideos, VideoDataset
 
 
-class VideoAttackConfig(StrictModel):
-    name: str
-    target: int = Field(default=0, ge=0)
-    poison_rate: float = Field(default=0.1, ge=0, le=1)
+class VideoAttackConfig(LabelAttackConfig):
+    mode: Literal["all2one"] = "all2one"  # the papers' video attacks send every clip to one class
     trigger_size: int = Field(default=20, ge=1)  # side in pixels at reference_size; scaled with the frame size
     reference_size: int = Field(default=224, ge=1)
-    trigger_seed: int = 0
 
 
 class VideoAttack(LabelAttack):

@@ -1,5 +1,5 @@
 """Is the 3DPC-BA trigger search the same in two processes? Prints the placed centre."""
-import sys, torch
+import torch
 from nftkit.experiment import prepare
 exp = prepare("pointcloud/cgal_3dpcba", ["attack.surrogate_steps=20", "attack.search_steps=5", "attack.search_starts=2"])
 splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)

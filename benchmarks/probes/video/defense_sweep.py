@@ -1,11 +1,9 @@
 """Defense probe: build the recipe's victim (from nftkit's victim cache; the attack's surrogate cached beside it by this script),
 then run several defense configs on it. Usage: dprobe.py "recipe overrides" "def1 k=v k=v" "def2 ..." ..."""
 import sys, time, shlex, torch, hashlib, json
-from pathlib import Path
 from nftkit.cache import cache_root
 from nftkit.experiment import prepare, build_victim
 from nftkit.purify import purify, resolve_config
-from nftkit.attacks import ATTACKS
 import nftkit.adapters.video.attacks as va
 from nftkit.recipe import parse_override
 

@@ -1,7 +1,7 @@
-"""Where does the backdoor live? Evaluate the cached victim with the trigger moved / replaced."""
-Run defense_sweep.py on the same recipe first: it caches the attack surrogate this script reads.
+"""Where does the backdoor live? Evaluate the cached victim with the trigger moved / replaced.
+
+Run defense_sweep.py on the same recipe first: it caches the attack surrogate this script reads."""
 import torch, hashlib, json
-from pathlib import Path
 from nftkit.cache import cache_root
 from nftkit.experiment import prepare, build_victim
 import nftkit.adapters.video.attacks as va
