@@ -112,3 +112,7 @@ class SingleLabelAdapter(Adapter):
 
     def sample_losses(self, model, batch):
         return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
+
+    def correct_predictions(self, output, batch):
+        labels = batch[1].argmax(-1) if batch[1].is_floating_point() else batch[1]
+        return output.argmax(-1) == labels

@@ -33,7 +33,8 @@ class Adapter:
 
     Engine-facing methods (used by :func:`nftkit.purify`): :meth:`collate`, :meth:`to_device`,
     :meth:`augment`, :meth:`loss`, :meth:`forward`, :meth:`check_data`, :meth:`samples_per_class`,
-    and for SFT :meth:`sample_losses`; for few-shot benchmarks :meth:`few_shot`.
+    for SFT :meth:`sample_losses`, for the clean-subspace projection :meth:`correct_predictions`;
+    for few-shot benchmarks :meth:`few_shot`.
 
     Experiment-facing methods (used by recipes): :meth:`load_data`, :meth:`build_model`,
     :meth:`evaluate`, plus the typed sections ``DataConfig`` and ``ModelConfig`` and the attacks
@@ -71,6 +72,12 @@ class Adapter:
     def sample_losses(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """One loss per sample (shape B); needed by the Fisher terms of SFT."""
         raise NotImplementedError(f"{type(self).__name__} gives no per-sample losses; SFT and fast_sft need them")
+
+    def correct_predictions(self, output: Any, batch: Any) -> torch.Tensor:
+        """True for each prediction in ``output`` (what :meth:`forward` returned for ``batch``) that
+        matches the batch's labels; the clean-subspace projection keeps held-out accuracy with it."""
+        raise NotImplementedError(f"{type(self).__name__} does not score predictions; clean_subspace needs "
+                                  "correct_predictions(output, batch), or give subspace_energy explicitly")
 
     def check_data(self, data: Dataset) -> None:
         """Raise :class:`DataError` naming the problem and the fix if ``data`` cannot be a clean set."""

@@ -24,7 +24,7 @@ class PurifyConfig(StrictModel):
 
     method: str = "nft"
     # length: steps, or epochs over the data (epochs * len(data) / batch_size steps); steps wins if both are set
-    steps: Optional[int] = Field(default=None, ge=1)
+    steps: Optional[int] = Field(default=None, ge=0)  # 0: only the projection (clean_subspace)
     epochs: Optional[float] = Field(default=None, gt=0)
     batch_size: int = Field(default=128, ge=1)
     # optimiser
@@ -62,6 +62,13 @@ class PurifyConfig(StrictModel):
     anp_threshold: float = Field(default=0.2, ge=0, le=1)
     # FST: weight of the penalty on alignment between the new and the original head
     fst_alpha: float = Field(default=0.2, ge=0)
+    # clean-subspace projection before the method (nftkit.subspace): share of each layer's clean input energy kept (None: the most aggressive
+    # share that loses at most subspace_budget points of cross-validated clean accuracy)
+    project_first: bool = False
+    subspace_energy: Optional[float] = Field(default=None, gt=0, le=1)
+    subspace_budget: float = Field(default=2.0, ge=0, le=100)
+    subspace_folds: int = Field(default=5, ge=2)  # cross-validation folds of the clean set that check the budget
+    subspace_recalibrate: bool = True  # re-estimate BatchNorm statistics on the clean set after projecting
     # data
     augment: Literal["mix", "basic", "none"] = "mix"
     mix_alpha: float = Field(default=1.0, gt=0)

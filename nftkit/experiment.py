@@ -175,6 +175,8 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
     results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
                "runtime_s": result.runtime_s, "victim": victim, "data": info,
                "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
+    if result.info:
+        results["method_info"] = result.info
     write_yaml(stage / "resolved.yaml", resolved)
     save_tensors(stage / "model.safetensors", result.model.state_dict())
     if result.masks:

@@ -21,6 +21,7 @@ from .methods import METHODS, Method
 from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
 from .schedules import lower_bounds
+from .subspace import clean_subspace, projected_layers
 from .targeting import Target, classifier_name, select_targets, trace_model
 
 
@@ -32,6 +33,7 @@ class PurifyResult:
     config: PurifyConfig  # fully resolved
     runtime_s: float
     targets: list[Target] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # what the method decided (e.g. the projection's energy)
 
 
 def resolve_config(method: Optional[str] = None, config: Any = None, **overrides) -> PurifyConfig:
@@ -46,6 +48,8 @@ def resolve_config(method: Optional[str] = None, config: Any = None, **overrides
         user["method"] = method
     validate(PurifyConfig, user)  # report the user's own mistakes before merging defaults
     chosen: Method = METHODS.get(user.get("method", "nft"))
+    if not chosen.trains:  # a recipe's length belongs to the method it was written for
+        user.update(steps=0, epochs=None)
     return validate(PurifyConfig, {**chosen.defaults, **user})
 
 
@@ -140,6 +144,13 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
     probe = adapter.to_device(adapter.collate([data[i] for i in range(min(len(data), 8))]), device)
     trace = trace_model(work, lambda m: adapter.forward(m, probe))
+    start = time.perf_counter()  # a method's preparation (a projection, a Fisher pass) is part of its runtime
+    info: dict[str, Any] = {}
+    if cfg.project_first:
+        layers = projected_layers(work, trace.order, cfg.include, cfg.exclude)
+        info["subspace"] = clean_subspace(work, layers, adapter, data, cfg.subspace_energy, cfg.subspace_budget,
+                                          cfg.subspace_folds, cfg.subspace_recalibrate, cfg.batch_size, device,
+                                          generator).summary()
     for p in work.parameters():
         p.requires_grad_(chosen.reparam == "full")
     targets = _targets(work, trace, cfg, chosen.reparam)
@@ -149,7 +160,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         bounds = lower_bounds(cfg.schedule, [t.depth for t in targets], cfg.alpha, cfg.beta)
     tunables = [p for w in wrapped.values() for p in w.tunable()] or [p for p in work.parameters()]
     setup = Setup(cfg, work, wrapped, tunables, adapter, data, device, generator, adapter.samples_per_class(data),
-                  classifier_name(work, trace))
+                  classifier_name(work, trace), info=info)
     if chosen.prepare is not None:
         chosen.prepare(setup)
     regularizers = chosen.regularizers(setup)
@@ -175,7 +186,6 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
                         num_workers=cfg.num_workers)
     _set_train_mode(work, cfg.bn_mode)
     progress = _progress(total, cfg.progress and is_main(), cfg.method, first)
-    start = time.perf_counter()
     hook_seconds = 0.0
     step = first - 1
     try:
@@ -217,7 +227,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         p.requires_grad_(grad_flags[name])
     work.train(model.training)
     resolved = cfg.model_copy(update={"steps": total, "epochs": None})
-    return PurifyResult(work, masks, history, resolved, runtime, targets)
+    return PurifyResult(work, masks, history, resolved, runtime, targets, setup.info)
 
 
 def _progress(total: int, enabled: bool, desc: str, done: int = 0):

@@ -25,6 +25,14 @@ def render_report(results: dict[str, Any], purified) -> str:
         f"Victim: {'from cache' if results['victim'].get('cached') else 'trained in this run'} "
         f"(key {results['victim'].get('key')}, training {results['victim'].get('train_time_s', 0):.1f} s).",
     ]
+    projection = results.get("method_info", {}).get("subspace")
+    if projection and projection["kept"]:
+        drop = projection["heldout_drop"]
+        lines += ["", "## Clean-subspace projection", "",
+                  f"Energy share kept: {projection['energy']}"
+                  + (f" (cross-validated clean accuracy {-drop:+.2f} points)" if drop is not None else "") + ".",
+                  "", "| layer | input directions kept | of |", "|---|---|---|"]
+        lines += [f"| `{name}` | {k} | {d} |" for name, (k, d) in projection["kept"].items()]
     if purified.masks:
         lines += ["", "## Masks per layer (depth order)", "", "| l | layer | units | lower bound | min | mean |", "|---|---|---|---|---|---|"]
         from .schedules import lower_bounds

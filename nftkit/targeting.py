@@ -68,7 +68,7 @@ def trace_model(model: nn.Module, run_forward: Callable[[nn.Module], object]) ->
     return Trace(order, feeds_norm)
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def matches_any(name: str, patterns: list[str]) -> bool:
     return any(re.search(p, name) for p in patterns)
 
 
@@ -89,9 +89,9 @@ def select_targets(model: nn.Module, trace: Trace, placement: str, include: list
         head = classifier_name(model, trace)
         candidates = [c for c in candidates if c[0] != head]
     if include:
-        candidates = [c for c in candidates if _matches(c[0], include)]
+        candidates = [c for c in candidates if matches_any(c[0], include)]
     if exclude:
-        candidates = [c for c in candidates if not _matches(c[0], exclude)]
+        candidates = [c for c in candidates if not matches_any(c[0], exclude)]
     return [Target(name, type(m).__name__, rule.units(m), depth, rule)
             for depth, (name, m, rule) in enumerate(candidates, start=1)]
 

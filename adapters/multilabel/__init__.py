@@ -95,6 +95,9 @@ class MultiLabelAdapter(Adapter):
     def forward(self, model, batch):
         return model(batch[0])
 
+    def correct_predictions(self, output, batch):
+        return (output > 0) == (batch[1] > 0.5)  # one decision per label
+
     def loss(self, model, batch):
         logits = self.forward(model, batch)
         if self.cfg.loss == "asl":

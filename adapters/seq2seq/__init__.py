@@ -94,6 +94,10 @@ class Seq2SeqAdapter(Adapter):
     def loss(self, model, batch):
         return model(**self._inputs(batch)).loss  # token-level cross-entropy, padding ignored
 
+    def correct_predictions(self, output, batch):
+        labels = batch["labels"]  # teacher-forced next tokens; padding is not a prediction
+        return (output.argmax(-1) == labels)[labels != -100]
+
     def check_data(self, data):
         super().check_data(data)
         for i in range(min(len(data), 64)):

@@ -27,6 +27,7 @@ class Setup:
     samples_per_class: float
     classifier: Optional[str] = None  # the last executed affine layer (the output head)
     original_head: Optional[torch.Tensor] = None
+    info: dict[str, Any] = field(default_factory=dict)  # what the method decided, reported with the result
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Method:
     step: the update rule (plain SGD step by default; SAM and ANP take extra passes).
     prepare: a change to the model before the first step (FST re-initialises the head).
     finish: a last change to the wrapped layers before folding (ANP prunes by threshold).
+    trains: whether the loop runs at all (the clean-subspace projection only edits weights).
     """
 
     name: str
@@ -85,6 +87,7 @@ class Method:
     step: StepRule = sgd_step
     prepare: Optional[Callable[[Setup], None]] = None
     finish: Optional[Callable[[Setup], None]] = None
+    trains: bool = True  # False: the method is all preparation, and any steps a recipe gives are ignored
 
 
 METHODS: Registry[Method] = Registry("method")

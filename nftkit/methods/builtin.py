@@ -165,6 +165,15 @@ register(Method(
 ))
 
 register(Method(
+    name="clean_subspace",
+    reparam="full",
+    description="project every Linear/Conv weight onto the subspace its clean inputs span, then re-estimate "
+                "BatchNorm statistics; no training (the share of energy kept is chosen on held-out clean accuracy)",
+    defaults=dict(augment="none", project_first=True),
+    trains=False,
+))
+
+register(Method(
     name="train",
     reparam="full",
     description="training from scratch or further training of all weights (used to build victim models)",

@@ -1,0 +1,220 @@
+"""Clean-subspace projection: cut every input direction of a layer that clean data never excites.
+
+A backdoor that clean data never drives (a corner patch on background, a rare word) lives in input
+directions of some layers that no clean sample reaches. No clean-data loss gives a weight or a mask a
+gradient towards them, which is why mask and weight tuning leave such backdoors in place. They can
+be found from the data instead: for each Linear and Conv layer, in execution order, the uncentred
+second moment of its inputs (patches, for a conv) over the clean set is eigen-decomposed, and the
+weight W becomes W P, P the projector onto the leading eigenvectors that hold a share ``energy`` of
+the input energy. A clean input keeps its output up to the discarded energy; a direction that clean
+inputs hardly reach is cut. Layers are projected one at a time, each on the inputs its already
+projected predecessors give, and BatchNorm statistics are then re-estimated on the clean data.
+
+The edit changes weights only, so the model keeps its class and state_dict keys. With no ``energy``
+given, it is chosen on the clean data by cross-validation: the most aggressive share on a grid whose
+projection loses at most ``budget`` points of held-out accuracy against the original model, found by
+bisection.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .adapter import Adapter
+from .errors import ConfigError
+from .targeting import matches_any
+
+# shares of input energy tried, from gentle to aggressive
+ENERGY_GRID = (0.999, 0.998, 0.995, 0.99, 0.985, 0.98, 0.975, 0.97, 0.96, 0.95, 0.93, 0.9)
+
+
+@dataclass
+class Projection:
+    energy: float
+    kept: dict[str, tuple[int, int]]  # layer -> (directions kept, input dimension)
+    heldout_drop: Optional[float] = None  # points of cross-validated clean accuracy lost
+    search: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"energy": self.energy, "heldout_drop": self.heldout_drop, "search": self.search,
+                "kept": {name: list(k) for name, k in self.kept.items()}}
+
+
+def projectable(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros"
+
+
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The vectors a layer's weight multiplies: one row per position (a patch, for a conv)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(-2)
+        kernel, dilation, padding, stride = ((1, *module.kernel_size), (1, *module.dilation), (0, *module.padding),
+                                             (1, *module.stride))
+    else:
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+    patches = F.unfold(x, kernel, dilation, padding, stride)  # N x (C k k) x positions
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+class CleanBatches:
+    """The clean samples at ``indices`` as adapter batches on ``device``, collated once."""
+
+    def __init__(self, adapter: Adapter, data, indices: list[int], batch_size: int, device: torch.device):
+        self.adapter = adapter
+        self.batches = [adapter.to_device(adapter.collate([data[i] for i in indices[s:s + batch_size]]), device)
+                        for s in range(0, len(indices), batch_size)]
+
+    def run(self, model: nn.Module) -> list[Any]:
+        with torch.no_grad():
+            return [self.adapter.forward(model, b) for b in self.batches]
+
+    def correct(self, model: nn.Module) -> float:
+        """How many predictions are right (in eval mode)."""
+        was_training = model.training
+        model.eval()
+        right = sum(float(self.adapter.correct_predictions(o, b).sum()) for o, b in zip(self.run(model), self.batches))
+        model.train(was_training)
+        return right
+
+
+def input_moment(model: nn.Module, layer: nn.Module, batches: CleanBatches, chunk: int = 8) -> torch.Tensor:
+    """Sum of x x^T over every input vector of ``layer`` on the clean batches (float64). Inputs are
+    unfolded a few samples at a time: a deep conv's patches would not fit in memory all at once."""
+    total: dict[str, torch.Tensor] = {}
+
+    def hook(module, inputs, output):
+        for part in inputs[0].detach().split(chunk):
+            rows = input_rows(module, part)
+            moment = (rows.T @ rows).double()
+            total["sum"] = total["sum"] + moment if "sum" in total else moment
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        batches.run(model)
+    finally:
+        handle.remove()
+    return total["sum"]
+
+
+def leading_basis(moment: torch.Tensor, energy: float) -> torch.Tensor:
+    """The leading eigenvectors of an input moment that hold a share ``energy`` of its trace.
+
+    (Ranking directions by their share of the layer's clean *output* energy instead was measured to
+    cut less of the BadNets pathway at the same accuracy; see docs/benchmarks.md.)"""
+    values, vectors = torch.linalg.eigh(moment)
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    share = values.cumsum(0) / values.sum().clamp(min=1e-300)
+    k = min(int((share < energy).sum()) + 1, len(values))
+    return vectors[:, :k]
+
+
+@torch.no_grad()
+def project_weight(layer: nn.Module, basis: torch.Tensor) -> None:
+    w = layer.weight.reshape(layer.weight.shape[0], -1).double()
+    layer.weight.copy_((w @ basis @ basis.T).reshape(layer.weight.shape).to(layer.weight.dtype))
+
+
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, batches: CleanBatches) -> None:
+    """Re-estimate BatchNorm running statistics on the clean data (a cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    batches.run(model)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def project_model(model: nn.Module, layers: list[str], batches: CleanBatches, energy: float,
+                  recalibrate: bool = True) -> dict[str, tuple[int, int]]:
+    """Project ``layers`` of ``model`` in place, in the given (execution) order."""
+    was_training = model.training
+    model.eval()
+    kept = {}
+    for name in layers:
+        layer = model.get_submodule(name)
+        basis = leading_basis(input_moment(model, layer, batches), energy)
+        project_weight(layer, basis)
+        kept[name] = (basis.shape[1], basis.shape[0])
+    if recalibrate:
+        recalibrate_norms(model, batches)
+    model.train(was_training)
+    return kept
+
+
+def projected_layers(model: nn.Module, order: list[str], include: list[str], exclude: list[str]) -> list[str]:
+    """Projectable layers in execution order, less those whose weight is tied to another parameter
+    (a language model's output layer shares the token embeddings: projecting it would change them)."""
+    owners: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        owners[id(p)] = owners.get(id(p), 0) + 1
+    layers = [n for n in order if projectable(layer := model.get_submodule(n)) and owners[id(layer.weight)] == 1
+              and (not include or matches_any(n, include)) and not matches_any(n, exclude)]
+    if not layers:
+        raise ConfigError("the clean-subspace projection found no Linear or Conv layer; loosen 'include'/'exclude'")
+    return layers
+
+
+def clean_subspace(model: nn.Module, layers: list[str], adapter: Adapter, data, energy: Optional[float],
+                   budget: float, folds: int, recalibrate: bool, batch_size: int, device: torch.device,
+                   generator: torch.Generator, log: Callable[[str], None] = lambda s: None) -> Projection:
+    """Project ``model`` in place; with ``energy=None`` choose it by the cross-validated budget: each
+    candidate share is applied with the statistics of all folds but one and scored on the one left out,
+    so every clean sample is scored once by a projection that never saw it."""
+    order = torch.randperm(len(data), generator=generator).tolist()
+    everything = CleanBatches(adapter, data, order, batch_size, device)
+    search: list[dict[str, float]] = []
+    chosen, drop = energy, None
+    if energy is None:
+        chosen, drop = 1.0, 0.0  # unchanged when even the gentlest share costs too much
+        if len(order) < folds:
+            raise ConfigError(f"the clean set has {len(order)} samples, fewer than subspace_folds={folds}; "
+                              "lower subspace_folds or give subspace_energy")
+        parts = [order[k::folds] for k in range(folds)]
+        splits = []
+        for k, part in enumerate(parts):
+            rest = [i for j, other in enumerate(parts) if j != k for i in other]
+            splits.append((CleanBatches(adapter, data, rest, batch_size, device),
+                           CleanBatches(adapter, data, part, batch_size, device)))
+        original = copy.deepcopy(model.state_dict())
+        reference = sum(held.correct(model) for _, held in splits)
+
+        def cost(candidate: float) -> float:
+            correct = 0.0
+            for fit, held in splits:
+                project_model(model, layers, fit, candidate, recalibrate)
+                correct += held.correct(model)
+                model.load_state_dict(original)
+            lost = (reference - correct) / len(order) * 100
+            search.append({"energy": candidate, "heldout_drop": round(lost, 3)})
+            log(f"clean subspace: energy {candidate}: cross-validated accuracy {-lost:+.2f} points")
+            return lost
+
+        # bisection on the grid: the cost grows as the share falls (up to noise), so a few probes suffice
+        low, high = -1, len(ENERGY_GRID)  # ENERGY_GRID[low] is within budget (-1: no projection), [high] is not
+        while high - low > 1:
+            mid = (low + high) // 2
+            lost = cost(ENERGY_GRID[mid])
+            if lost <= budget:
+                low, chosen, drop = mid, ENERGY_GRID[mid], lost
+            else:
+                high = mid
+    kept = project_model(model, layers, everything, chosen, recalibrate) if chosen < 1.0 else {}
+    return Projection(chosen, kept, drop, search)
