@@ -62,12 +62,16 @@ class PurifyConfig(StrictModel):
     anp_threshold: float = Field(default=0.2, ge=0, le=1)
     # FST: weight of the penalty on alignment between the new and the original head
     fst_alpha: float = Field(default=0.2, ge=0)
-    # clean-subspace projection before the method (nftkit.subspace): share of each layer's clean input energy kept (None: the most aggressive
-    # share that loses at most subspace_budget points of cross-validated clean accuracy)
+    # clean-subspace projection before the method (nftkit.subspace): subspace_energy is the share of each
+    # layer's clean input energy kept (None: the most aggressive share that loses at most subspace_budget
+    # points of cross-validated clean accuracy)
     project_first: bool = False
     subspace_energy: Optional[float] = Field(default=None, gt=0, le=1)
     subspace_budget: float = Field(default=2.0, ge=0, le=100)
     subspace_folds: int = Field(default=5, ge=2)  # cross-validation folds of the clean set that check the budget
+    # None: the whole clean set in one batch (one forward pass per projection); a size, for clean sets
+    # too large for memory at once (one pass per layer)
+    subspace_batch_size: Optional[int] = Field(default=None, ge=1)
     subspace_recalibrate: bool = True  # re-estimate BatchNorm statistics on the clean set after projecting
     # data
     augment: Literal["mix", "basic", "none"] = "mix"

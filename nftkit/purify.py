@@ -149,8 +149,8 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     if cfg.project_first:
         layers = projected_layers(work, trace.order, cfg.include, cfg.exclude)
         info["subspace"] = clean_subspace(work, layers, adapter, data, cfg.subspace_energy, cfg.subspace_budget,
-                                          cfg.subspace_folds, cfg.subspace_recalibrate, cfg.batch_size, device,
-                                          generator).summary()
+                                          cfg.subspace_folds, cfg.subspace_recalibrate,
+                                          cfg.subspace_batch_size or len(data), device, generator).summary()
     for p in work.parameters():
         p.requires_grad_(chosen.reparam == "full")
     targets = _targets(work, trace, cfg, chosen.reparam)

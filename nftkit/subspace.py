@@ -86,23 +86,30 @@ class CleanBatches:
         return right
 
 
-def input_moment(model: nn.Module, layer: nn.Module, batches: CleanBatches, chunk: int = 8) -> torch.Tensor:
-    """Sum of x x^T over every input vector of ``layer`` on the clean batches (float64). Inputs are
-    unfolded a few samples at a time: a deep conv's patches would not fit in memory all at once."""
-    total: dict[str, torch.Tensor] = {}
+def moment_of(module: nn.Module, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Sum of r r^T over the input vectors r of ``module`` in ``x`` (float64), unfolded a few samples
+    at a time: a deep conv's patches for a whole batch would not fit in memory at once."""
+    total = None
+    for part in x.detach().split(chunk):
+        rows = input_rows(module, part)
+        moment = (rows.T @ rows).double()
+        total = moment if total is None else total + moment
+    return total
+
+
+def input_moment(model: nn.Module, layer: nn.Module, batches: CleanBatches) -> torch.Tensor:
+    total: list[torch.Tensor] = []
 
     def hook(module, inputs, output):
-        for part in inputs[0].detach().split(chunk):
-            rows = input_rows(module, part)
-            moment = (rows.T @ rows).double()
-            total["sum"] = total["sum"] + moment if "sum" in total else moment
+        moment = moment_of(module, inputs[0])
+        total[:] = [total[0] + moment if total else moment]
 
     handle = layer.register_forward_hook(hook)
     try:
         batches.run(model)
     finally:
         handle.remove()
-    return total["sum"]
+    return total[0]
 
 
 def leading_basis(moment: torch.Tensor, energy: float) -> torch.Tensor:
@@ -142,17 +149,49 @@ def recalibrate_norms(model: nn.Module, batches: CleanBatches) -> None:
     model.train(was_training)
 
 
+def _project_in_one_pass(model: nn.Module, layers: list[str], batches: CleanBatches, energy: float,
+                         kept: dict[str, tuple[int, int]]) -> bool:
+    """With the whole clean set in one batch, each layer is projected as the forward pass reaches it,
+    so it sees the inputs of its projected predecessors: the layer-by-layer result in one pass.
+    False (nothing changed) when a layer runs more than once per pass (its later calls would be missed)."""
+    calls = {name: 0 for name in layers}
+    counting = [model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1))
+                for n in layers]
+    try:
+        batches.run(model)
+    finally:
+        for h in counting:
+            h.remove()
+    if any(c != 1 for c in calls.values()):
+        return False
+
+    def project_on_arrival(module, inputs, name):
+        basis = leading_basis(moment_of(module, inputs[0]), energy)
+        project_weight(module, basis)
+        kept[name] = (basis.shape[1], basis.shape[0])
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, i, n=n: project_on_arrival(m, i, n))
+             for n in layers]
+    try:
+        batches.run(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return True
+
+
 def project_model(model: nn.Module, layers: list[str], batches: CleanBatches, energy: float,
                   recalibrate: bool = True) -> dict[str, tuple[int, int]]:
     """Project ``layers`` of ``model`` in place, in the given (execution) order."""
     was_training = model.training
     model.eval()
-    kept = {}
-    for name in layers:
-        layer = model.get_submodule(name)
-        basis = leading_basis(input_moment(model, layer, batches), energy)
-        project_weight(layer, basis)
-        kept[name] = (basis.shape[1], basis.shape[0])
+    kept: dict[str, tuple[int, int]] = {}
+    if len(batches.batches) != 1 or not _project_in_one_pass(model, layers, batches, energy, kept):
+        for name in layers:  # one pass over the batches per layer
+            layer = model.get_submodule(name)
+            basis = leading_basis(input_moment(model, layer, batches), energy)
+            project_weight(layer, basis)
+            kept[name] = (basis.shape[1], basis.shape[0])
     if recalibrate:
         recalibrate_norms(model, batches)
     model.train(was_training)

@@ -89,6 +89,22 @@ def test_keeping_all_energy_changes_no_output(name, tiny_data, adapter3):
         assert torch.allclose(work(x), model(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["mlp", "conv_bn", "residual"])
+def test_one_pass_over_the_whole_set_equals_one_pass_per_layer(name, tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS[name]()
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    whole, batched = copy.deepcopy(model), copy.deepcopy(model)
+    everything = list(range(len(tiny_data)))
+    kept_whole = project_model(whole, layers, CleanBatches(adapter3, tiny_data, everything, 100, torch.device("cpu")), 0.95,
+                               recalibrate=False)
+    kept_batched = project_model(batched, layers, CleanBatches(adapter3, tiny_data, everything, 5, torch.device("cpu")), 0.95,
+                                 recalibrate=False)  # batch statistics differ with the batching
+    assert kept_whole == kept_batched and any(k < d for k, d in kept_whole.values())
+    for a, b in zip(whole.state_dict().values(), batched.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4)
+
+
 def test_norm_statistics_are_re_estimated_on_the_clean_data(tiny_data, adapter3):
     model = TINY_MODELS["conv_bn"]().eval()
     bn = model[1]

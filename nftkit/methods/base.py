@@ -76,7 +76,8 @@ class Method:
     step: the update rule (plain SGD step by default; SAM and ANP take extra passes).
     prepare: a change to the model before the first step (FST re-initialises the head).
     finish: a last change to the wrapped layers before folding (ANP prunes by threshold).
-    trains: whether the loop runs at all (the clean-subspace projection only edits weights).
+    trains: whether the loop runs at all; False (the clean-subspace projection only edits weights) makes
+        any steps a recipe gives 0.
     """
 
     name: str
@@ -87,7 +88,7 @@ class Method:
     step: StepRule = sgd_step
     prepare: Optional[Callable[[Setup], None]] = None
     finish: Optional[Callable[[Setup], None]] = None
-    trains: bool = True  # False: the method is all preparation, and any steps a recipe gives are ignored
+    trains: bool = True
 
 
 METHODS: Registry[Method] = Registry("method")
