@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -213,7 +213,7 @@ def projected_layers(model: nn.Module, order: list[str], include: list[str], exc
 
 def clean_subspace(model: nn.Module, layers: list[str], adapter: Adapter, data, energy: Optional[float],
                    budget: float, folds: int, recalibrate: bool, batch_size: int, device: torch.device,
-                   generator: torch.Generator, log: Callable[[str], None] = lambda s: None) -> Projection:
+                   generator: torch.Generator) -> Projection:
     """Project ``model`` in place; with ``energy=None`` choose it by the cross-validated budget: each
     candidate share is applied with the statistics of all folds but one and scored on the one left out,
     so every clean sample is scored once by a projection that never saw it."""
@@ -243,7 +243,6 @@ def clean_subspace(model: nn.Module, layers: list[str], adapter: Adapter, data, 
                 model.load_state_dict(original)
             lost = (reference - correct) / len(order) * 100
             search.append({"energy": candidate, "heldout_drop": round(lost, 3)})
-            log(f"clean subspace: energy {candidate}: cross-validated accuracy {-lost:+.2f} points")
             return lost
 
         # bisection on the grid: the cost grows as the share falls (up to noise), so a few probes suffice

@@ -179,3 +179,4 @@ def test_a_recipe_run_with_the_projection_reports_what_it_chose(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert ("## Clean-subspace projection" in report) == bool(projection["kept"])
     assert "0 steps" in report
+    assert "takes no training steps" in (tmp_path / "run" / "report.html").read_text()
