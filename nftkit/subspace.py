@@ -104,11 +104,7 @@ def input_moment(model: nn.Module, layer: nn.Module, batches: CleanBatches) -> t
         moment = moment_of(module, inputs[0])
         total[:] = [total[0] + moment if total else moment]
 
-    handle = layer.register_forward_hook(hook)
-    try:
-        batches.run(model)
-    finally:
-        handle.remove()
+    _run_hooked(model, batches, [layer.register_forward_hook(hook)])
     return total[0]
 
 
@@ -149,19 +145,23 @@ def recalibrate_norms(model: nn.Module, batches: CleanBatches) -> None:
     model.train(was_training)
 
 
+def _run_hooked(model: nn.Module, batches: CleanBatches, handles: list) -> None:
+    """One pass over the batches with the given hooks, removed afterwards whatever happens."""
+    try:
+        batches.run(model)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _project_in_one_pass(model: nn.Module, layers: list[str], batches: CleanBatches, energy: float,
                          kept: dict[str, tuple[int, int]]) -> bool:
     """With the whole clean set in one batch, each layer is projected as the forward pass reaches it,
     so it sees the inputs of its projected predecessors: the layer-by-layer result in one pass.
     False (nothing changed) when a layer runs more than once per pass (its later calls would be missed)."""
     calls = {name: 0 for name in layers}
-    counting = [model.get_submodule(n).register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls[n] + 1))
-                for n in layers]
-    try:
-        batches.run(model)
-    finally:
-        for h in counting:
-            h.remove()
+    _run_hooked(model, batches, [model.get_submodule(n).register_forward_hook(
+        lambda *a, n=n: calls.__setitem__(n, calls[n] + 1)) for n in layers])
     if any(c != 1 for c in calls.values()):
         return False
 
@@ -170,13 +170,8 @@ def _project_in_one_pass(model: nn.Module, layers: list[str], batches: CleanBatc
         project_weight(module, basis)
         kept[name] = (basis.shape[1], basis.shape[0])
 
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, i, n=n: project_on_arrival(m, i, n))
-             for n in layers]
-    try:
-        batches.run(model)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, batches, [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, i, n=n: project_on_arrival(m, i, n)) for n in layers])
     return True
 
 
