@@ -126,7 +126,8 @@ def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, 
                 log(f"[{model_name} / {attack_name}] {row}: {after} in {result.runtime_s:.1f}s")
                 rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,
                              "after": after, "runtime_s": result.runtime_s, "n_clean": len(clean),
-                             "victim_cached": meta["cached"], "config": result.config.model_dump(), **extra})
+                             "victim_cached": meta["cached"], "config": result.config.model_dump(),
+                             "method_info": result.info, **extra})
                 write_json(stage / "rows.json", rows)  # partial progress visible inside the staged folder
         summary = summarize(rows, suite.reference)
         table = render_table(rows, summary, name)

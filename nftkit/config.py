@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ConfigError
 
 
+# marks a data or model key that only the defense's mixing augmentation reads: a victim trained
+# without mixing does not depend on it, so changing it must not retrain (or miss the cache of) the victim
+DEFENSE_ONLY = {"defense_only": True}
+
+
+def victim_dump(cfg: BaseModel, mixing: bool) -> dict[str, Any]:
+    """``cfg`` as the victim depends on it: without DEFENSE_ONLY keys unless the victim mixes too."""
+    fields = type(cfg).model_fields
+    drop = set() if mixing else {n for n, f in fields.items() if isinstance(f.json_schema_extra, dict)
+                                   and f.json_schema_extra.get("defense_only")}
+    return cfg.model_dump(exclude=drop)
+
+
 class StrictModel(BaseModel):
     """Base of every config: unknown keys and wrong types are rejected."""
 
@@ -69,14 +82,18 @@ class PurifyConfig(StrictModel):
     subspace_energy: Optional[float] = Field(default=None, gt=0, le=1)
     subspace_budget: float = Field(default=2.0, ge=0, le=100)
     subspace_folds: int = Field(default=5, ge=2)  # cross-validation folds of the clean set that check the budget
+    # a share passes when its held-out drop plus this many standard errors is within the budget (0: the drop alone)
+    subspace_confidence: float = Field(default=0.5, ge=0)
     # None: the whole clean set in one batch (one forward pass per projection); a size, for clean sets
     # too large for memory at once (one pass per layer)
     subspace_batch_size: Optional[int] = Field(default=None, ge=1)
     subspace_recalibrate: bool = True  # re-estimate BatchNorm statistics on the clean set after projecting
     # data
     augment: Literal["mix", "basic", "none"] = "mix"
-    mix_alpha: float = Field(default=1.0, gt=0)
     bn_mode: Literal["train", "eval"] = "train"
+    # after training, re-estimate BatchNorm running statistics on the clean set without augmentation:
+    # in train mode they follow the MixUp batches, whose statistics are not those of real inputs
+    bn_recalibrate: bool = False
     num_workers: int = Field(default=0, ge=0)
     # run
     seed: int = 0

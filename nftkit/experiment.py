@@ -12,7 +12,7 @@ import torch
 from .adapter import ADAPTERS, Adapter
 from .attacks import ATTACKS
 from .cache import load_victim, store_victim, victim_key
-from .config import validate
+from .config import validate, victim_dump
 from .distributed import is_main
 from .errors import ConfigError
 from .io import atomic_write, save_tensors, staged_dir, write_json, write_yaml
@@ -102,7 +102,8 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
         poisoned_test = attack.poison_test(splits.test)
     torch.manual_seed(exp.recipe.seed)  # initial weights must not depend on what ran before
     model = exp.adapter.build_model(s["model"])
-    spec = {"adapter": exp.recipe.adapter, "data": s["data"].model_dump(), "model": s["model"].model_dump(),
+    mixing = s["victim"].augment == "mix"
+    spec = {"adapter": exp.recipe.adapter, "data": victim_dump(s["data"], mixing), "model": victim_dump(s["model"], mixing),
             "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),
             "seed": exp.recipe.seed}
     key = victim_key(spec)

@@ -21,7 +21,7 @@ from .methods import METHODS, Method
 from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
 from .schedules import lower_bounds
-from .subspace import clean_subspace, projected_layers
+from .subspace import CleanBatches, clean_subspace, projected_layers, recalibrate_norms
 from .targeting import Target, classifier_name, select_targets, trace_model
 
 
@@ -150,7 +150,8 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         layers = projected_layers(work, trace.order, cfg.include, cfg.exclude)
         info["subspace"] = clean_subspace(work, layers, adapter, data, cfg.subspace_energy, cfg.subspace_budget,
                                           cfg.subspace_folds, cfg.subspace_recalibrate,
-                                          cfg.subspace_batch_size or len(data), device, generator).summary()
+                                          cfg.subspace_batch_size or len(data), device, generator,
+                                          cfg.subspace_confidence).summary()
     for p in work.parameters():
         p.requires_grad_(chosen.reparam == "full")
     targets = _targets(work, trace, cfg, chosen.reparam)
@@ -217,6 +218,8 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
         raise
     if chosen.finish is not None:
         chosen.finish(setup)
+    if cfg.bn_recalibrate and total > 0:
+        recalibrate_norms(work, CleanBatches(adapter, data, list(range(len(data))), cfg.batch_size, device))
     runtime = time.perf_counter() - start - hook_seconds
     progress.close()
 

@@ -44,3 +44,16 @@ def test_every_schedule_is_a_decreasing_bound_in_unit_interval(shape):
     bounds = lower_bounds(shape, list(range(1, 11)), 0.8, 0.5)
     assert all(0 <= b <= 1 for b in bounds)
     assert all(a >= b - 1e-12 for a, b in zip(bounds, bounds[1:]))
+
+
+def test_defense_only_keys_stay_out_of_the_victim_key_unless_the_victim_mixes():
+    from nftkit.adapters.image import ImageClassificationAdapter
+    from nftkit.adapters.pointcloud import PointCloudAdapter
+    from nftkit.config import victim_dump
+
+    data = ImageClassificationAdapter.DataConfig(mix_alpha=0.2)
+    assert "mix_alpha" not in victim_dump(data, mixing=False) and "clean_fraction" in victim_dump(data, mixing=False)
+    assert victim_dump(data, mixing=True)["mix_alpha"] == 0.2
+    assert ImageClassificationAdapter.from_recipe(data, None).mix_alpha == 0.2  # and the defense's MixUp reads it
+    points = victim_dump(PointCloudAdapter.DataConfig(mix="rsmix"), mixing=False)
+    assert not {"mix", "mix_alpha", "assignment"} & set(points) and "jitter" in points  # the victim's own augmentation stays

@@ -14,7 +14,7 @@ from nftkit.regularizers import _signed_sample_gradients
 from conftest import TINY_MODELS
 
 
-@pytest.mark.parametrize("method", ["nft", "ft", "ft_sam", "anp", "sft", "fast_sft", "fst"])
+@pytest.mark.parametrize("method", ["nft", "ft", "ft_sam", "anp", "sft", "fast_sft", "fst", "subspace_nft"])
 def test_every_method_runs_and_returns_a_plain_model(method, tiny_data, adapter3):
     torch.manual_seed(0)
     model = TINY_MODELS["conv_bn"]()
@@ -156,3 +156,24 @@ def test_cosine_never_rises_when_lr_is_below_the_floor(tiny_data, adapter3):
     torch.manual_seed(0)
     result = nftkit.purify(TINY_MODELS["mlp"](), adapter3, tiny_data, method="nft", lr=0.001, steps=4, batch_size=8)
     assert result.config.lr_min == 0.02 and all(h["lr"] == pytest.approx(0.001) for h in result.history)
+
+
+def test_bn_recalibrate_leaves_the_statistics_of_the_clean_set(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["conv_bn"]()
+    clean = torch.stack([tiny_data[i][0] for i in range(len(tiny_data))])
+
+    def first_norm_stats(result):
+        norm = next(m for m in result.model.modules() if isinstance(m, nn.BatchNorm2d))
+        seen = []
+        handle = norm.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+        result.model.eval()(clean)
+        handle.remove()
+        return norm, seen[0].transpose(0, 1).flatten(1)
+
+    kwargs = dict(method="nft", steps=4, batch_size=len(tiny_data), lr=0.5)
+    norm, inputs = first_norm_stats(nftkit.purify(model, adapter3, tiny_data, bn_recalibrate=True, **kwargs))
+    assert torch.allclose(norm.running_mean, inputs.mean(1), atol=1e-5)
+    assert torch.allclose(norm.running_var, inputs.var(1), atol=1e-5)
+    norm, inputs = first_norm_stats(nftkit.purify(model, adapter3, tiny_data, **kwargs))
+    assert not torch.allclose(norm.running_mean, inputs.mean(1), atol=1e-3)  # MixUp batches moved them

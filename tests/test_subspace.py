@@ -117,18 +117,22 @@ def test_norm_statistics_are_re_estimated_on_the_clean_data(tiny_data, adapter3)
     assert bn.momentum == 0.1 and not model.training and not bn.training, "momentum and modes are restored"
 
 
-def test_the_chosen_energy_keeps_held_out_accuracy_within_the_budget(tiny_data, adapter3):
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_the_chosen_energy_keeps_held_out_accuracy_within_the_budget(confidence, tiny_data, adapter3):
     torch.manual_seed(0)
     model = nftkit.train(TINY_MODELS["conv_bn"](), adapter3, tiny_data, steps=40, batch_size=8, lr=0.1).model
-    result = nftkit.purify(model, adapter3, tiny_data, method="clean_subspace", subspace_budget=5.0, subspace_folds=4)
+    kwargs = dict(method="clean_subspace", subspace_budget=5.0, subspace_folds=4, subspace_confidence=confidence)
+    result = nftkit.purify(model, adapter3, tiny_data, **kwargs)
     info = result.info["subspace"]
     assert type(result.model) is type(model) and list(result.model.state_dict()) == list(model.state_dict())
     assert info["search"], "the grid was searched"
-    passing = [row["energy"] for row in info["search"] if row["heldout_drop"] <= 5.0]
-    failing = [row["energy"] for row in info["search"] if row["heldout_drop"] > 5.0]
-    assert info["energy"] == (min(passing) if passing else 1.0) and info["heldout_drop"] <= 5.0
+    bound = {row["energy"]: row["heldout_drop"] + confidence * row["standard_error"] for row in info["search"]}
+    assert confidence == 0 or any(row["standard_error"] > 0 for row in info["search"])
+    passing = [energy for energy, b in bound.items() if b <= 5.0 + 1e-3]
+    failing = [energy for energy, b in bound.items() if b > 5.0 + 1e-3]
+    assert info["energy"] == (min(passing) if passing else 1.0)
     assert all(f < info["energy"] for f in failing), "bisection keeps the most aggressive share that passed"
-    again = nftkit.purify(model, adapter3, tiny_data, method="clean_subspace", subspace_budget=5.0, subspace_folds=4)
+    again = nftkit.purify(model, adapter3, tiny_data, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values()))
 
 

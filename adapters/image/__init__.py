@@ -10,7 +10,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from nftkit.adapter import Splits, register_adapter
-from nftkit.config import StrictModel
+from nftkit.config import DEFENSE_ONLY, StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import evaluate_classifier
 
@@ -31,6 +31,7 @@ class ImageDataConfig(StrictModel):
     clean_per_class: Optional[int] = Field(default=None, ge=1)  # overrides clean_fraction (1 = one-shot)
     train_limit: Optional[int] = Field(default=None, ge=1)  # random subset of the training set (CPU runs)
     test_limit: Optional[int] = Field(default=None, ge=1)
+    mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)  # MixUp lambda ~ Beta(a, a)
 
 
 class ImageModelConfig(StrictModel):
@@ -95,7 +96,7 @@ class ImageClassificationAdapter(SingleLabelAdapter):
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod
     def from_recipe(cls, data_cfg, model_cfg):
-        return cls(num_classes=0)  # set from the data in load_data
+        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha)  # num_classes: set from the data in load_data
 
     def load_data(self, cfg: ImageDataConfig, seed: int) -> Splits:
         train, test, names = load_image_dataset(cfg.dataset, cfg.root)

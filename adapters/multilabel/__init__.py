@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from nftkit.adapter import Adapter, Splits, register_adapter
 from nftkit.adapters.classification import mixup
 from nftkit.adapters.image.augment import random_crop_flip
-from nftkit.config import StrictModel
+from nftkit.config import DEFENSE_ONLY, StrictModel
 from nftkit.errors import DataError
 
 from . import attacks  # noqa: F401  registers multilabel/clean_image
@@ -66,7 +66,7 @@ class MultiLabelModelConfig(StrictModel):
     asl_clip: float = Field(default=0.05, ge=0, lt=1)
     crop_padding: Optional[int] = Field(default=None, ge=0)  # None = image side / 8
     flip: bool = True
-    mix_alpha: float = Field(default=1.0, gt=0)
+    mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)
 
 
 @register_adapter("multilabel")

@@ -11,7 +11,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from nftkit.adapter import Splits, register_adapter
-from nftkit.config import StrictModel
+from nftkit.config import DEFENSE_ONLY, StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import evaluate_classifier
 
@@ -36,9 +36,9 @@ class PointDataConfig(StrictModel):
     test_limit: Optional[int] = Field(default=None, ge=1)
     views_per_mesh: int = Field(default=40, ge=2)  # cgal only
     # augmentation ('basic' for training, 'mix' for NFT)
-    mix: Literal["pointmixup", "rsmix"] = "pointmixup"
-    mix_alpha: float = Field(default=1.0, gt=0)
-    assignment: Literal["sinkhorn", "exact"] = "sinkhorn"
+    mix: Literal["pointmixup", "rsmix"] = Field(default="pointmixup", json_schema_extra=DEFENSE_ONLY)
+    mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)
+    assignment: Literal["sinkhorn", "exact"] = Field(default="sinkhorn", json_schema_extra=DEFENSE_ONLY)
     rotate: bool = True
     scale_low: float = Field(default=0.8, gt=0)
     scale_high: float = Field(default=1.25, gt=0)

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from nftkit.adapter import Splits, register_adapter
-from nftkit.config import StrictModel
+from nftkit.config import DEFENSE_ONLY, StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
@@ -58,8 +58,8 @@ class VideoDataConfig(StrictModel):
     in_memory: bool = True  # decode every clip once; false decodes on each access (full UCF-101 at 224)
     crop_padding: Optional[int] = Field(default=None, ge=0)  # default size // 8
     flip: bool = True
-    mix: Literal["mixup", "videomix"] = "mixup"
-    mix_alpha: float = Field(default=1.0, gt=0)
+    mix: Literal["mixup", "videomix"] = Field(default="mixup", json_schema_extra=DEFENSE_ONLY)
+    mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)
     atari: AtariConfig = Field(default_factory=AtariConfig)
 
 

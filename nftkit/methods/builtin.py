@@ -88,11 +88,13 @@ def anp_prune(setup) -> None:
         w.mask.copy_((w.mask >= setup.cfg.anp_threshold).to(w.mask))
 
 
+NFT_DEFAULTS = dict(steps=1000, lr=0.05, momentum=0.95, lr_schedule="cosine", lr_min=0.02, augment="mix")
+
 register(Method(
     name="nft",
     reparam="neuron_mask",
     description="Neural mask Fine-Tuning: MixUp loss on per-neuron masks in [mu(l), 1] with L1 drift penalty",
-    defaults=dict(steps=1000, lr=0.05, momentum=0.95, lr_schedule="cosine", lr_min=0.02, augment="mix"),
+    defaults=NFT_DEFAULTS,
     regularizers=_nft_regularizers,
 ))
 
@@ -171,6 +173,15 @@ register(Method(
                 "BatchNorm statistics; no training (the share of energy kept is chosen on held-out clean accuracy)",
     defaults=dict(augment="none", project_first=True),
     trains=False,
+))
+
+register(Method(
+    name="subspace_nft",
+    reparam="neuron_mask",
+    description="the clean-subspace projection, then NFT, then BatchNorm statistics re-estimated on the clean "
+                "set: the projection cuts pathways clean data leaves silent, NFT the ones it drives",
+    defaults={**NFT_DEFAULTS, "project_first": True, "bn_recalibrate": True},
+    regularizers=_nft_regularizers,
 ))
 
 register(Method(
