@@ -209,7 +209,7 @@ def projected_layers(model: nn.Module, order: list[str], include: list[str], exc
 
 def clean_subspace(model: nn.Module, layers: list[str], adapter: Adapter, data, energy: Optional[float],
                    budget: float, folds: int, recalibrate: bool, batch_size: int, device: torch.device,
-                   generator: torch.Generator, confidence: float = 0.0) -> Projection:
+                   generator: torch.Generator, confidence: float) -> Projection:
     """Project ``model`` in place; with ``energy=None`` choose it by the cross-validated budget: each
     candidate share is applied with the statistics of all folds but one and scored on the one left out,
     so every clean sample is scored once by a projection that never saw it. A share passes when the

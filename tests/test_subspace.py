@@ -153,6 +153,22 @@ def test_adapters_score_their_predictions():
     assert image.correct_predictions(logits, (None, soft)).tolist() == [True, True]
 
 
+def test_held_out_accuracy_is_counted_per_prediction(tiny_data, adapter3):
+    """A multi-label or seq2seq adapter scores several predictions per sample; the drop is a share of those."""
+    class FourPerSample(type(adapter3)):
+        def correct_predictions(self, output, batch):
+            right = super().correct_predictions(output, batch)
+            return torch.stack([right, right, torch.ones_like(right), torch.ones_like(right)], dim=1)
+
+    four = FourPerSample(num_classes=3)
+    model = TINY_MODELS["conv_bn"]().eval()
+    everything = list(range(len(tiny_data)))
+    single = CleanBatches(adapter3, tiny_data, everything, 8, torch.device("cpu")).right(model)
+    several = CleanBatches(four, tiny_data, everything, 8, torch.device("cpu")).right(model)
+    assert len(single) == len(tiny_data) and len(several) == 4 * len(tiny_data)
+    assert several.mean() == pytest.approx(0.5 * single.mean() + 0.5)
+
+
 def test_tied_and_excluded_layers_are_left_alone():
     from nftkit.subspace import projected_layers
 
