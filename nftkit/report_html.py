@@ -189,14 +189,13 @@ def render_html(results: dict[str, Any], purified, resolved: dict[str, Any], ext
     sections.append(_section("masks", "Masks per layer",
                              masks_figure(purified.masks, purified.targets) if purified.masks and purified.targets
                              else _note(f"Method {cfg.method} tunes no masks.")))
-    if purified.history:
-        sections.append(_section("training", "Purification over steps", training_figure(purified.history, extras.curves),
-                                 _note(extras.notes.get("curves", "Metric curves were not recorded in this run; recipe "
-                                                        "runs record them (report.curve_every)."))
-                                 if not extras.curves else ""))
+    if not purified.history:
+        training = [_note(f"Method {cfg.method} takes no training steps: it only edits the weights.")]
     else:
-        sections.append(_section("training", "Purification over steps",
-                                 _note(f"Method {cfg.method} takes no training steps: it only edits the weights.")))
+        training = [training_figure(purified.history, extras.curves),
+                    _note(extras.notes.get("curves", "Metric curves were not recorded in this run; recipe runs "
+                                           "record them (report.curve_every).")) if not extras.curves else ""]
+    sections.append(_section("training", "Purification over steps", *training))
     tsne_note = extras.notes.get("tsne", "No features were captured in this run.")
     sections.append(_section("tsne", "Clean and triggered test features (t-SNE of the head's input)",
                              tsne_figure(extras.features, cfg.seed) if extras.features else _note(tsne_note)))

@@ -239,11 +239,11 @@ def clean_subspace(model: nn.Module, layers: list[str], adapter: Adapter, data, 
                 project_model(model, layers, fit, candidate, recalibrate)
                 right.append(held.right(model))
                 model.load_state_dict(original)
-            lost = (reference - torch.cat(right)) * 100
+            lost = (reference - torch.cat(right)) * 100  # per prediction: -100, 0 or 100
+            mean = float(lost.mean())
             error = float(lost.std() / len(lost) ** 0.5) if len(lost) > 1 else 0.0
-            search.append({"energy": candidate, "heldout_drop": round(float(lost.mean()), 3),
-                           "standard_error": round(error, 3)})
-            return float(lost.mean()), error
+            search.append({"energy": candidate, "heldout_drop": round(mean, 3), "standard_error": round(error, 3)})
+            return mean, error
 
         # bisection on the grid: the cost grows as the share falls (up to noise), so a few probes suffice
         low, high = -1, len(ENERGY_GRID)  # ENERGY_GRID[low] is within budget (-1: no projection), [high] is not
