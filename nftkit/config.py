@@ -73,6 +73,11 @@ class PurifyConfig(StrictModel):
     anp_alpha: float = Field(default=0.2, ge=0, le=1)
     anp_steps: int = Field(default=1, ge=0)
     anp_threshold: float = Field(default=0.2, ge=0, le=1)
+    # adv_unlearn: the universal perturbation's L2 radius as a share of the mean input norm at the first
+    # layer, its ascent steps per training step, and the weight of the perturbed batch's loss
+    uap_radius: float = Field(default=0.1, gt=0)
+    uap_steps: int = Field(default=1, ge=1)
+    uap_weight: float = Field(default=1.0, ge=0)
     # FST: weight of the penalty on alignment between the new and the original head
     fst_alpha: float = Field(default=0.2, ge=0)
     # clean-subspace projection before the method (nftkit.subspace): subspace_energy is the share of each

@@ -22,7 +22,7 @@ from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
 from .schedules import lower_bounds
 from .subspace import CleanBatches, clean_subspace, projected_layers, recalibrate_norms
-from .targeting import Target, classifier_name, select_targets, trace_model
+from .targeting import Target, affine_layers, select_targets, trace_model
 
 
 @dataclass
@@ -155,13 +155,14 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     for p in work.parameters():
         p.requires_grad_(chosen.reparam == "full")
     targets = _targets(work, trace, cfg, chosen.reparam)
+    affine = affine_layers(work, trace)  # before wrapping: a wrapped layer no longer reads as Linear/Conv
     wrapped = _wrap(work, targets, chosen.reparam)
     bounds = [0.0] * len(targets)
     if chosen.reparam in ("neuron_mask", "perturbed_mask"):
         bounds = lower_bounds(cfg.schedule, [t.depth for t in targets], cfg.alpha, cfg.beta)
     tunables = [p for w in wrapped.values() for p in w.tunable()] or [p for p in work.parameters()]
     setup = Setup(cfg, work, wrapped, tunables, adapter, data, device, generator, adapter.samples_per_class(data),
-                  classifier_name(work, trace), info=info)
+                  affine[-1] if affine else None, affine[0] if affine else None, info=info)
     if chosen.prepare is not None:
         chosen.prepare(setup)
     regularizers = chosen.regularizers(setup)

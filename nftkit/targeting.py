@@ -96,8 +96,13 @@ def select_targets(model: nn.Module, trace: Trace, placement: str, include: list
             for depth, (name, m, rule) in enumerate(candidates, start=1)]
 
 
+def affine_layers(model: nn.Module, trace: Trace) -> list[str]:
+    """Executed layers with a plain weight-rows mask rule (Linear, Conv), in execution order."""
+    return [n for n in trace.order
+            if (rule := mask_rule(model.get_submodule(n), "weight_rows")) is not None and list(rule.params) == ["weight"]]
+
+
 def classifier_name(model: nn.Module, trace: Trace) -> Optional[str]:
-    """The output head: the last executed layer with a plain weight-rows mask rule (Linear, Conv)."""
-    heads = [n for n in trace.order
-             if (rule := mask_rule(model.get_submodule(n), "weight_rows")) is not None and list(rule.params) == ["weight"]]
-    return heads[-1] if heads else None
+    """The output head: the last executed affine layer."""
+    layers = affine_layers(model, trace)
+    return layers[-1] if layers else None

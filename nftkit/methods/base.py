@@ -26,8 +26,10 @@ class Setup:
     generator: torch.Generator
     samples_per_class: float
     classifier: Optional[str] = None  # the last executed affine layer (the output head)
+    input_layer: Optional[str] = None  # the first executed affine layer
     original_head: Optional[torch.Tensor] = None
     info: dict[str, Any] = field(default_factory=dict)  # what the method decided, reported with the result
+    state: dict[str, Any] = field(default_factory=dict)  # a method's working objects between prepare and finish
 
 
 @dataclass

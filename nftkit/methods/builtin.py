@@ -9,7 +9,7 @@ from ..regularizers import FisherTrace, FisherWeightedDrift, HeadAlignment, Mask
 from .base import Method, StepContext, register, sgd_step
 
 
-def _nft_regularizers(setup):
+def nft_regularizers(setup):
     cfg = setup.cfg
     eta = cfg.eta_c if cfg.eta_c is not None else cfg.eta_c_base / max(setup.samples_per_class, 1.0)
     return [MaskL1Drift(eta)] if eta > 0 else []
@@ -95,7 +95,7 @@ register(Method(
     reparam="neuron_mask",
     description="Neural mask Fine-Tuning: MixUp loss on per-neuron masks in [mu(l), 1] with L1 drift penalty",
     defaults=NFT_DEFAULTS,
-    regularizers=_nft_regularizers,
+    regularizers=nft_regularizers,
 ))
 
 register(Method(
@@ -181,7 +181,7 @@ register(Method(
     description="the clean-subspace projection, then NFT, then BatchNorm statistics re-estimated on the clean "
                 "set: the projection cuts pathways clean data leaves silent, NFT the ones it drives",
     defaults={**NFT_DEFAULTS, "project_first": True, "bn_recalibrate": True},
-    regularizers=_nft_regularizers,
+    regularizers=nft_regularizers,
 ))
 
 register(Method(

@@ -38,6 +38,10 @@ class CLB(ImageAttack):
         amplitude: float = Field(default=1.0, gt=0, le=1)  # < 1 blends the checkerboard (less visible)
         surrogate_steps: int = Field(default=300, ge=1)
         surrogate_lr: float = Field(default=0.05, gt=0)
+        # the paper perturbs with an adversarially trained (Madry) model: its adversarial examples carry
+        # features of other classes and transfer; a plain model's do not, and the attack barely implants
+        robust_surrogate: bool = True
+        robust_pgd_steps: int = Field(default=5, ge=1)  # PGD steps per adversarial-training batch
 
     def __init__(self, cfg, info, adapter=None):
         super().__init__(cfg, info, adapter)
@@ -59,16 +63,40 @@ class CLB(ImageAttack):
         cfg = self.cfg
         model = surrogate_model(self, cfg.surrogate_arch, cfg.surrogate_width)
         steps = step_count(cfg, len(train), cfg.surrogate_steps, 128)
+        if cfg.robust_surrogate:
+            return freeze(self.train_robust(model.to(cfg.device), train, steps))
         result = nftkit.train(model, image_adapter(self), train, steps=steps, batch_size=128,
                               lr=cfg.surrogate_lr, seed=cfg.trigger_seed, device=cfg.device)
         return freeze(result.model.to(cfg.device))
 
-    def pgd(self, model, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Untargeted L-inf PGD from the clean image (no random start, so the result is deterministic)."""
+    def train_robust(self, model: torch.nn.Module, train: ImageTensorDataset, steps: int) -> torch.nn.Module:
+        """Madry et al.'s adversarial training: every batch replaced by its PGD examples (random start)."""
         cfg = self.cfg
-        step = cfg.pgd_step_size or cfg.eps / 4
-        x0, x = images, images.clone()
-        for _ in range(cfg.pgd_steps):
+        g = torch.Generator().manual_seed(cfg.trigger_seed)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.surrogate_lr, momentum=0.9, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.surrogate_lr, total_steps=steps)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train), (128,), generator=g)
+            x, y = train.images[idx].to(cfg.device), train.targets[idx].to(cfg.device)
+            start = (x + torch.empty_like(x).uniform_(-cfg.eps, cfg.eps, generator=g)).clamp(0, 1)
+            model.eval()
+            x_adv = self.pgd(model, x, y, start=start, steps=cfg.robust_pgd_steps, step=2.5 * cfg.eps / cfg.robust_pgd_steps)
+            model.train()
+            loss = F.cross_entropy(model(x_adv), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        return model
+
+    def pgd(self, model, images: torch.Tensor, labels: torch.Tensor, start: torch.Tensor | None = None,
+            steps: int | None = None, step: float | None = None) -> torch.Tensor:
+        """Untargeted L-inf PGD, by default from the clean image (no random start: deterministic)."""
+        cfg = self.cfg
+        step = step or cfg.pgd_step_size or cfg.eps / 4
+        x0 = images
+        x = images.clone() if start is None else start
+        for _ in range(cfg.pgd_steps if steps is None else steps):
             with torch.enable_grad():  # also when called from a no_grad batch helper
                 x.requires_grad_(True)
                 (grad,) = torch.autograd.grad(F.cross_entropy(model(x), labels), x)

@@ -61,9 +61,11 @@ class InputAware(ImageAttack):
             inputs = torch.cat([bd, cross, x[n_bd + n_cross:]])
             labels = torch.cat([self.target_for(y[:n_bd]), y[n_bd:]])
             loss_ce = F.cross_entropy(clf(inputs), labels)
+            # the diversity loss on the masks too (the paper's mask-generator stage): without it the
+            # density penalty drives every mask to zero, where the squashing has no gradient left
             d_in = (x - partner).flatten(1).norm(dim=1)
-            d_out = (pattern - p_pattern).flatten(1).norm(dim=1)
-            loss_div = (d_in / (d_out + 1e-3)).mean()
+            loss_div = sum((d_in / ((a - b).flatten(1).norm(dim=1) + 1e-3)).mean()
+                           for a, b in ((pattern, p_pattern), (mask, p_mask)))
             loss_norm = F.relu(mask.flatten(1).mean(1) - cfg.mask_density).mean()
             loss = loss_ce + cfg.lambda_div * loss_div + cfg.lambda_norm * loss_norm
             opt.zero_grad(set_to_none=True)
