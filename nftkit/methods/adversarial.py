@@ -69,7 +69,7 @@ def adv_unlearn_step(ctx: StepContext) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             shift.delta = shift.delta.detach() + limit / cfg.uap_steps * grad / (grad.norm() + 1e-12)
             shift.project(limit)
-    perturbed, _ = ctx.objective()
+    perturbed = ctx.task_loss()  # the regularisers enter once, with the clean batch
     shift.active = False
     natural, terms = ctx.objective()
     loss = natural + cfg.uap_weight * perturbed
