@@ -75,7 +75,7 @@ def test_adv_nft_perturbs_the_first_layer_even_when_it_is_masked(monkeypatch):
     model, images, labels, _ = _backdoored_mlp()
     hooked = []
     init = InputShift.__init__
-    monkeypatch.setattr(InputShift, "__init__", lambda self, layer: (hooked.append(layer), init(self, layer))[1])
+    monkeypatch.setattr(InputShift, "__init__", lambda self, layer, method="": (hooked.append(layer), init(self, layer, method))[1])
     adapter = ImageClassificationAdapter(num_classes=3)
     result = nftkit.purify(model, adapter, ImageTensorDataset(images[:60], labels[:60]), method="adv_nft",
                            steps=2, batch_size=30, augment="none", seed=0)

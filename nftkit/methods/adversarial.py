@@ -25,7 +25,8 @@ from .builtin import NFT_DEFAULTS, nft_regularizers
 class InputShift:
     """A forward pre-hook adding a universal perturbation to a layer's input while ``active``."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, method: str = "this method"):
+        self.method = method
         self.delta: Optional[torch.Tensor] = None
         self.radius: Optional[float] = None
         self.active = False
@@ -37,7 +38,7 @@ class InputShift:
             self.delta = torch.zeros_like(x[0])
             self.radius = float(x.detach().flatten(1).norm(dim=1).mean())
         if x.shape[1:] != self.delta.shape:
-            raise ConfigError(f"adv_unlearn needs inputs of one size at the first layer; got {tuple(x.shape[1:])} after "
+            raise ConfigError(f"{self.method} needs inputs of one size at the first layer; got {tuple(x.shape[1:])} after "
                               f"{tuple(self.delta.shape)} (variable-length inputs such as text are not supported)")
         return (x + self.delta, *args[1:]) if self.active else None
 
@@ -49,8 +50,8 @@ class InputShift:
 
 def _prepare(setup) -> None:
     if setup.input_layer is None:
-        raise ConfigError("adv_unlearn needs a first Linear or Conv layer to perturb; none was found")
-    setup.state["shift"] = InputShift(setup.model.get_submodule(setup.input_layer))
+        raise ConfigError(f"{setup.cfg.method} needs a first Linear or Conv layer to perturb; none was found")
+    setup.state["shift"] = InputShift(setup.model.get_submodule(setup.input_layer), setup.cfg.method)
 
 
 def _finish(setup) -> None:
