@@ -14,6 +14,7 @@ from nftkit.adapter import Adapter
 from nftkit.attacks import Attack
 from nftkit.config import StrictModel
 from nftkit.errors import ConfigError, DataError
+from nftkit.regularizers import softmax_distillation
 
 
 def dataset_labels(data: Dataset) -> torch.Tensor:
@@ -112,6 +113,9 @@ class SingleLabelAdapter(Adapter):
 
     def sample_losses(self, model, batch):
         return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
+
+    def distillation_loss(self, output, reference, batch, temperature):
+        return softmax_distillation(output, reference, temperature)
 
     def correct_predictions(self, output, batch):
         labels = batch[1].argmax(-1) if batch[1].is_floating_point() else batch[1]

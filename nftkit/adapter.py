@@ -79,6 +79,13 @@ class Adapter:
         raise NotImplementedError(f"{type(self).__name__} does not score predictions; clean_subspace needs "
                                   "correct_predictions(output, batch), or give subspace_energy explicitly")
 
+    def distillation_loss(self, output: Any, reference: Any, batch: Any, temperature: float) -> torch.Tensor:
+        """How far ``output`` is from a reference model's ``reference`` on the same batch (both what
+        :meth:`forward` returned), for ``distill_weight``; scaled by temperature**2 so the weight does not
+        depend on the temperature."""
+        raise NotImplementedError(f"{type(self).__name__} gives no distillation loss; distill_weight needs "
+                                  "distillation_loss(output, reference, batch, temperature)")
+
     def check_data(self, data: Dataset) -> None:
         """Raise :class:`DataError` naming the problem and the fix if ``data`` cannot be a clean set."""
         if len(data) == 0:

@@ -1,7 +1,9 @@
 """Crash-safe run state: written atomically every N steps, read back by ``resume``.
 
 Holds everything the loop needs to continue bit-identically: the wrapped model's state (tunables and
-BatchNorm statistics), the optimiser's state (momentum, Adam moments), the random generators and the history so far.
+BatchNorm statistics), the optimiser's state (momentum, Adam moments), a method's own working tensors
+(any ``Setup.state`` object with ``state_dict``/``load_state_dict``, such as adv_unlearn's perturbation),
+the random generators and the history so far.
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ from .io import save_tensors
 
 
 def save_state(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               generator: torch.Generator, history: list[dict[str, float]], config: dict[str, Any]) -> None:
+               generator: torch.Generator, history: list[dict[str, float]], config: dict[str, Any],
+               method_state: Optional[dict[str, Any]] = None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for name, holder in resumable(method_state).items():
+        tensors.update({f"method.{name}.{k}": v for k, v in holder.state_dict().items()})
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for name, value in optimizer.state.get(p, {}).items():
@@ -32,7 +37,7 @@ def save_state(path: Path, step: int, model: nn.Module, optimizer: torch.optim.O
 
 
 def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-               config: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
+               config: dict[str, Any], method_state: Optional[dict[str, Any]] = None) -> tuple[int, list[dict[str, float]]]:
     """Restore the state in place; return (next step, history so far)."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -49,9 +54,16 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, g
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if state:  # AdamW keeps its step count on the CPU; moments live beside the parameter
             optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
+    for name, holder in resumable(method_state).items():
+        prefix = f"method.{name}."
+        holder.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"]) + 1, json.loads(meta["history"])
+
+
+def resumable(method_state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in (method_state or {}).items() if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")}
 
 
 def checkpoint_config(cfg) -> dict[str, Any]:

@@ -78,6 +78,10 @@ class PurifyConfig(StrictModel):
     uap_radius: float = Field(default=0.1, gt=0)
     uap_steps: int = Field(default=1, ge=1)
     uap_weight: float = Field(default=1.0, ge=0)
+    # any method: weight and temperature of a distillation term that keeps the outputs on each clean batch
+    # near the input model's (clean inputs are where a backdoored model is still right); 0 turns it off
+    distill_weight: float = Field(default=0.0, ge=0)
+    distill_temperature: float = Field(default=2.0, gt=0)
     # FST: weight of the penalty on alignment between the new and the original head
     fst_alpha: float = Field(default=0.2, ge=0)
     # clean-subspace projection before the method (nftkit.subspace): subspace_energy is the share of each

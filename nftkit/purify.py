@@ -20,6 +20,7 @@ from .errors import ConfigError, Interrupted, ModelError
 from .methods import METHODS, Method
 from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
+from .regularizers import Distillation
 from .schedules import lower_bounds
 from .subspace import CleanBatches, clean_subspace, projected_layers, recalibrate_norms
 from .targeting import Target, affine_layers, select_targets, trace_model
@@ -152,6 +153,8 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
                                           cfg.subspace_folds, cfg.subspace_recalibrate,
                                           cfg.subspace_batch_size or len(data), device, generator,
                                           cfg.subspace_confidence).summary()
+    # after the projection, so distillation does not pull the cut directions back
+    teacher = copy.deepcopy(work) if cfg.distill_weight > 0 else None
     for p in work.parameters():
         p.requires_grad_(chosen.reparam == "full")
     targets = _targets(work, trace, cfg, chosen.reparam)
@@ -165,7 +168,9 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
                   affine[-1] if affine else None, affine[0] if affine else None, info=info)
     if chosen.prepare is not None:
         chosen.prepare(setup)
-    regularizers = chosen.regularizers(setup)
+    regularizers = list(chosen.regularizers(setup))
+    if teacher is not None:
+        regularizers.append(Distillation(cfg.distill_weight, cfg.distill_temperature, teacher))
 
     optimizer = _optimizer(cfg, tunables)
     if world_size > 1:
@@ -183,7 +188,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     first = 0
     state_config = checkpoint_config(cfg.model_copy(update={"steps": total}))
     if resume and existing(checkpoint):
-        first, history = load_state(checkpoint, work, optimizer, generator, state_config)
+        first, history = load_state(checkpoint, work, optimizer, generator, state_config, setup.state)
     loader = DataLoader(data, batch_sampler=indices[first:].tolist(), collate_fn=adapter.collate,
                         num_workers=cfg.num_workers)
     _set_train_mode(work, cfg.bn_mode)
@@ -210,10 +215,10 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
                 on_step(step, work)
                 hook_seconds += time.perf_counter() - hook_start  # monitoring is not purification time
             if checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                save_state(checkpoint, step, work, optimizer, generator, history, state_config)
+                save_state(checkpoint, step, work, optimizer, generator, history, state_config, setup.state)
     except KeyboardInterrupt:
         if checkpoint is not None and step >= first:
-            save_state(checkpoint, step, work, optimizer, generator, history, state_config)
+            save_state(checkpoint, step, work, optimizer, generator, history, state_config, setup.state)
             raise Interrupted(f"interrupted after step {step + 1} of {total}; the state is saved in {checkpoint}: "
                               "run the same command with --resume to continue") from None
         raise

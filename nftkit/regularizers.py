@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .reparam import NeuronMask
 
@@ -99,3 +100,32 @@ class HeadAlignment:
 
     def __call__(self, ctx) -> torch.Tensor:
         return self.alpha * (self.head.weight * self.original).sum()
+
+
+class Distillation:
+    """eta_D * the adapter's distillation loss between the model's outputs on the batch and a frozen copy
+    of the input model's (knowledge distillation, Hinton et al. 2015).
+
+    It holds the clean behaviour that a small clean set alone under-determines, so tuning can spend
+    its changes on what the clean set does not check.
+    """
+
+    name = "distill"
+
+    def __init__(self, eta: float, temperature: float, teacher: nn.Module):
+        self.eta, self.temperature, self.teacher = eta, temperature, teacher.eval().requires_grad_(False)
+
+    def __call__(self, ctx) -> torch.Tensor:
+        adapter = ctx.setup.adapter
+        with torch.no_grad():
+            reference = adapter.forward(self.teacher, ctx.batch)
+        output = adapter.forward(ctx.setup.model, ctx.batch)
+        return self.eta * adapter.distillation_loss(output, reference, ctx.batch, self.temperature)
+
+
+def softmax_distillation(output: torch.Tensor, reference: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(reference / T) || softmax(output / T)) * T^2, averaged over the rows (the last dim holds classes)."""
+    t = temperature
+    output, reference = output.reshape(-1, output.shape[-1]), reference.reshape(-1, reference.shape[-1])
+    return F.kl_div(F.log_softmax(output / t, -1), F.log_softmax(reference / t, -1), log_target=True,
+                    reduction="batchmean") * t * t

@@ -25,6 +25,8 @@ CASES = {
     "ft_conv": (lambda: make_conv(False), dict(method="ft", augment="none", lr=0.1)),
     "ft_sam_mlp": (make_mlp, dict(method="ft_sam", augment="none", lr=0.1)),
     "anp_mlp": (make_mlp, dict(method="anp", augment="none", anp_eps=0.2, anp_threshold=0.999, lr=0.5)),
+    # the shared perturbation's radius comes from each rank's first batch: ranks must agree on it
+    "adv_unlearn_mlp": (make_mlp, dict(method="adv_unlearn", augment="none", lr=0.1, bn_recalibrate=False)),
 }
 
 

@@ -103,3 +103,22 @@ def test_adamw_state_survives_a_resume(tmp_path, tiny_data, adapter3):
     resumed = nftkit.purify(TINY_MODELS["conv_bn"](), adapter3, tiny_data, checkpoint=midway, resume=True, **kw)
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_adv_unlearn_perturbation_survives_a_resume(tmp_path, tiny_data, adapter3):
+    """The universal perturbation is carried between steps, so a resume must restore it, not restart at zero."""
+    from conftest import TINY_MODELS
+
+    kw = dict(method="adv_unlearn", steps=6, batch_size=8, checkpoint_every=3, bn_recalibrate=False)
+    ckpt, midway = tmp_path / "state.safetensors", tmp_path / "midway.safetensors"
+
+    def keep_midway(step, model):
+        if step == 3:
+            midway.write_bytes(ckpt.read_bytes())
+
+    model = TINY_MODELS["conv_bn"]()  # one input model: the distillation teacher is a copy of it
+    whole = nftkit.purify(model, adapter3, tiny_data, checkpoint=ckpt, on_step=keep_midway, **kw)
+    resumed = nftkit.purify(model, adapter3, tiny_data, checkpoint=midway, resume=True, **kw)
+    assert [row["perturbation_norm"] for row in resumed.history] == [row["perturbation_norm"] for row in whole.history]
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)

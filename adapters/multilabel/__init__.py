@@ -104,6 +104,13 @@ class MultiLabelAdapter(Adapter):
             return asymmetric_loss(logits, batch[1], self.cfg.asl_gamma_neg, self.cfg.asl_gamma_pos, self.cfg.asl_clip)
         return bce_loss(logits, batch[1])
 
+    def distillation_loss(self, output, reference, batch, temperature):
+        # one Bernoulli KL per label decision (cross-entropy to the reference's probabilities minus their entropy)
+        t = temperature
+        target = torch.sigmoid(reference / t)
+        bce = nn.functional.binary_cross_entropy_with_logits
+        return (bce(output / t, target) - bce(reference / t, target)) * t * t
+
     def sample_losses(self, model, batch):
         logits, targets = self.forward(model, batch), batch[1]
         if self.cfg.loss == "asl":

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset  # noqa: E402
 from nftkit.adapter import Adapter, Splits, register_adapter  # noqa: E402
 from nftkit.config import StrictModel  # noqa: E402
 from nftkit.errors import DataError  # noqa: E402
+from nftkit.regularizers import softmax_distillation  # noqa: E402
 
 from . import attacks  # noqa: E402,F401  registers seq2seq/trigger_word
 from .augment import PARAPHRASERS, AugmentConfig, Paraphraser, SourceAugmenter, delete_words  # noqa: E402
@@ -93,6 +94,10 @@ class Seq2SeqAdapter(Adapter):
 
     def loss(self, model, batch):
         return model(**self._inputs(batch)).loss  # token-level cross-entropy, padding ignored
+
+    def distillation_loss(self, output, reference, batch, temperature):
+        real = batch["labels"] != -100  # teacher-forced positions; padding carries no prediction
+        return softmax_distillation(output[real], reference[real], temperature)
 
     def correct_predictions(self, output, batch):
         labels = batch["labels"]  # teacher-forced next tokens; padding is not a prediction

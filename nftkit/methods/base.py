@@ -29,7 +29,8 @@ class Setup:
     input_layer: Optional[str] = None  # the first executed affine layer
     original_head: Optional[torch.Tensor] = None
     info: dict[str, Any] = field(default_factory=dict)  # what the method decided, reported with the result
-    state: dict[str, Any] = field(default_factory=dict)  # a method's working objects between prepare and finish
+    # a method's working objects between prepare and finish; checkpoints keep those with state_dict/load_state_dict
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
