@@ -23,7 +23,7 @@ def save_state(path: Path, step: int, model: nn.Module, optimizer: torch.optim.O
                generator: torch.Generator, history: list[dict[str, float]], config: dict[str, Any],
                method_state: Optional[dict[str, Any]] = None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for name, holder in resumable(method_state).items():
+    for name, holder in _resumable(method_state).items():
         tensors.update({f"method.{name}.{k}": v for k, v in holder.state_dict().items()})
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
@@ -47,23 +47,26 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, g
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise NftkitError(f"checkpoint '{path}' was made with a different config (differs in {changed[:5]}); "
                           "resume with the same recipe and overrides, or start a new run")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    model.load_state_dict(_under(tensors, "model."), strict=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
-        prefix = f"optim.{i}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = _under(tensors, f"optim.{i}.")
         if state:  # AdamW keeps its step count on the CPU; moments live beside the parameter
             optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
-    for name, holder in resumable(method_state).items():
-        prefix = f"method.{name}."
-        holder.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for name, holder in _resumable(method_state).items():
+        holder.load_state_dict(_under(tensors, f"method.{name}."))
     generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"]) + 1, json.loads(meta["history"])
 
 
-def resumable(method_state: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _resumable(method_state: Optional[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in (method_state or {}).items() if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")}
+
+
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def checkpoint_config(cfg) -> dict[str, Any]:

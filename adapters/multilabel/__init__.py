@@ -108,8 +108,7 @@ class MultiLabelAdapter(Adapter):
         # one Bernoulli KL per label decision (cross-entropy to the reference's probabilities minus their entropy)
         t = temperature
         target = torch.sigmoid(reference / t)
-        bce = nn.functional.binary_cross_entropy_with_logits
-        return (bce(output / t, target) - bce(reference / t, target)) * t * t
+        return (bce_loss(output / t, target) - bce_loss(reference / t, target)) * t * t
 
     def sample_losses(self, model, batch):
         logits, targets = self.forward(model, batch), batch[1]
