@@ -7,6 +7,7 @@ the random generators and the history so far.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +44,10 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, g
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     saved = json.loads(meta.get("config", "{}"))
+    if saved.get("input_model") != config.get("input_model"):
+        # the run state holds the model's weights, so a resume would silently continue the other model's run
+        raise NftkitError(f"checkpoint '{path}' was made for a different input model; resume with the model the run "
+                          "started from, or start a new run with another checkpoint file or output folder")
     if saved != json.loads(json.dumps(config, sort_keys=True)):
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         raise NftkitError(f"checkpoint '{path}' was made with a different config (differs in {changed[:5]}); "
@@ -69,9 +74,21 @@ def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def checkpoint_config(cfg) -> dict[str, Any]:
-    """The parts of the config that must match for a resume to be exact."""
-    return cfg.model_dump(exclude={"progress", "num_workers", "checkpoint_every"})
+def checkpoint_config(cfg, model: nn.Module, samples: int) -> dict[str, Any]:
+    """What must match for a resume to be exact: the config, the input model and the clean set's size."""
+    resolved = cfg.model_copy(update={"steps": cfg.total_steps(samples)})
+    return {**resolved.model_dump(exclude={"progress", "num_workers", "checkpoint_every"}),
+            "input_model": fingerprint(model), "clean_samples": samples}
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every tensor of the state_dict, by name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def existing(path: Optional[Path]) -> bool:

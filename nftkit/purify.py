@@ -142,6 +142,8 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
 
     work = copy.deepcopy(model).to(device)
     broadcast_state(work)
+    # fingerprinted before the projection below changes the model
+    state_config = None if checkpoint is None else checkpoint_config(cfg, work, len(data))
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
     probe = adapter.to_device(adapter.collate([data[i] for i in range(min(len(data), 8))]), device)
     trace = trace_model(work, lambda m: adapter.forward(m, probe))
@@ -186,7 +188,6 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     indices = shard(indices)
     history: list[dict[str, float]] = []
     first = 0
-    state_config = checkpoint_config(cfg.model_copy(update={"steps": total}))
     if resume and existing(checkpoint):
         first, history = load_state(checkpoint, work, optimizer, generator, state_config, setup.state)
     loader = DataLoader(data, batch_sampler=indices[first:].tolist(), collate_fn=adapter.collate,

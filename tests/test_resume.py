@@ -76,6 +76,21 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_data, adapter3):
         nftkit.purify(model, adapter3, tiny_data, steps=4, batch_size=8, lr=0.1, checkpoint=ckpt, resume=True)
 
 
+def test_resume_refuses_a_different_input_model(tmp_path, tiny_data, adapter3):
+    """The state holds the model's weights: resuming with another model would continue the first one's run."""
+    from conftest import TINY_MODELS
+
+    ckpt = tmp_path / "state.safetensors"
+    kw = dict(steps=4, batch_size=8, checkpoint=ckpt, checkpoint_every=2)
+    nftkit.purify(TINY_MODELS["conv_bn"](), adapter3, tiny_data, **kw)
+    other = TINY_MODELS["conv_bn"]()
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3  # one weight changed
+    with pytest.raises(nftkit.NftkitError, match="different input model"):
+        nftkit.purify(other, adapter3, tiny_data, resume=True, **kw)
+    nftkit.purify(TINY_MODELS["conv_bn"](), adapter3, tiny_data, resume=True, **kw)  # the same model resumes
+
+
 def test_ctrl_c_saves_state_and_says_how_to_resume(tmp_path, tiny_data, adapter3):
     from conftest import TINY_MODELS
 
