@@ -108,6 +108,12 @@ class Adapter:
     def load_data(self, cfg: StrictModel, seed: int) -> Splits:
         raise NotImplementedError
 
+    def for_defense(self) -> "Adapter":
+        """The adapter a recipe's defense purifies with. The attacker chose how the victim was trained;
+        an adapter whose config holds defense-only choices (a purification loss) returns a copy that
+        applies them. By default the same adapter."""
+        return self
+
     def build_model(self, cfg: StrictModel) -> nn.Module:
         raise NotImplementedError
 

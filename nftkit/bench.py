@@ -111,7 +111,7 @@ def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, 
 
                     extra["before_diag"] = smoothness(victim, exp.adapter, splits.clean, device=device)
                 try:
-                    result = purify(victim, exp.adapter, clean, config=cfg)
+                    result = purify(victim, exp.adapter.for_defense(), clean, config=cfg)
                 except ModelError as err:  # one diverging defense must not cost the rest of a long suite
                     log(f"[{model_name} / {attack_name}] {row}: failed: {err}")
                     rows.append({"model": model_name, "attack": attack_name, "method": row, "before": before,

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ConfigError
 
 
-# marks a data or model key that only the defense's mixing augmentation reads: a victim trained
-# without mixing does not depend on it, so changing it must not retrain (or miss the cache of) the victim
+# marks a data or model key that only the defense reads (its mixing augmentation, its loss): a victim
+# trained without mixing does not depend on it, so changing it must not retrain (or miss the cache of) the
+# victim. A victim that mixes keeps all of them in its key (mixing keys matter to it; the others are harmless)
 DEFENSE_ONLY = {"defense_only": True}
 
 
@@ -62,6 +63,8 @@ class PurifyConfig(StrictModel):
     # L1 drift regulariser: eta_c = eta_c_base / n_c unless eta_c is given
     eta_c: Optional[float] = Field(default=None, ge=0)
     eta_c_base: float = Field(default=5e-4, ge=0)
+    # weight of a pull of every mask towards its lower bound (0: off), for neurons clean data never drives
+    mask_sparsity: float = Field(default=0.0, ge=0)
     # SFT: eta_F * Tr(F) every fisher_every steps + (eta_r / 2) * Fisher-weighted drift
     eta_f: float = Field(default=1e-3, ge=0)
     eta_r: float = Field(default=5.0, ge=0)

@@ -151,7 +151,7 @@ def run(name: str, overrides: list[str] = (), out: Optional[Path] = None, log=pr
         curves, extras.notes["curves"] = start_curves(
             exp.adapter, victim, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size,
             rep.curve_every, rep.curve_samples, defense.total_steps(len(splits.clean)), seed)
-        result: PurifyResult = purify(victim, exp.adapter, splits.clean, config=defense, on_step=curves,
+        result: PurifyResult = purify(victim, exp.adapter.for_defense(), splits.clean, config=defense, on_step=curves,
                                       checkpoint=stage / "state.safetensors", resume=resume)
         if curves is not None:
             extras.curves = curves.rows
@@ -192,4 +192,5 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k.upper()} {v:.2f}%" for k, v in metrics.items())
+    # no unit: most adapters' metrics are percentages, but not all (a seq2seq token NLL is in nats)
+    return ", ".join(f"{k.upper()} {v:.2f}" for k, v in metrics.items())

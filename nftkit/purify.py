@@ -20,7 +20,7 @@ from .errors import ConfigError, Interrupted, ModelError
 from .methods import METHODS, Method
 from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
-from .regularizers import Distillation
+from .regularizers import Distillation, MaskSparsity
 from .schedules import lower_bounds
 from .subspace import CleanBatches, clean_subspace, projected_layers, recalibrate_norms
 from .targeting import Target, affine_layers, select_targets, trace_model
@@ -132,6 +132,9 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     """
     cfg = resolve_config(method, config, **overrides)
     chosen = METHODS.get(cfg.method)
+    if cfg.mask_sparsity > 0 and chosen.reparam != "neuron_mask":
+        raise ConfigError(f"mask_sparsity pulls neural masks down, and method '{cfg.method}' trains none; use it with "
+                          "nft, subspace_nft or adv_nft, or set mask_sparsity=0")
     adapter.check_data(data)
     check_finite(model)
     device = local_device(cfg.device)
@@ -173,6 +176,8 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     regularizers = list(chosen.regularizers(setup))
     if teacher is not None:
         regularizers.append(Distillation(cfg.distill_weight, cfg.distill_temperature, teacher))
+    if cfg.mask_sparsity > 0:
+        regularizers.append(MaskSparsity(cfg.mask_sparsity))
 
     optimizer = _optimizer(cfg, tunables)
     if world_size > 1:

@@ -26,6 +26,21 @@ class MaskL1Drift:
         return self.eta * torch.stack(drifts).sum() if drifts else None
 
 
+class MaskSparsity:
+    """eta * sum m over all neural masks: pulls every mask towards its lower bound mu(l), so a neuron
+    survives only where the clean loss pays for it. A neuron that clean data leaves silent (where a
+    trigger's pathway runs) gets no clean gradient, and MaskL1Drift alone would leave it at 1."""
+
+    name = "mask_sparsity"
+
+    def __init__(self, eta: float):
+        self.eta = eta
+
+    def __call__(self, ctx) -> torch.Tensor:
+        sizes = [w.mask.sum() for w in ctx.setup.wrapped.values() if isinstance(w, NeuronMask)]
+        return self.eta * torch.stack(sizes).sum() if sizes else None
+
+
 def _signed_sample_gradients(adapter, model, batch, params, generator, create_graph: bool):
     """grad of sum_i s_i * loss_i with Rademacher signs s.
 

@@ -1,5 +1,6 @@
 """Every method runs through the one loop and folds back to a plain model; method-specific parts are checked."""
 import copy
+import math
 
 import pytest
 import torch
@@ -177,3 +178,19 @@ def test_bn_recalibrate_leaves_the_statistics_of_the_clean_set(tiny_data, adapte
     assert torch.allclose(norm.running_var, inputs.var(1), atol=1e-5)
     norm, inputs = first_norm_stats(nftkit.purify(model, adapter3, tiny_data, **kwargs))
     assert not torch.allclose(norm.running_mean, inputs.mean(1), atol=1e-3)  # MixUp batches moved them
+
+
+def test_mask_sparsity_prunes_a_neuron_clean_data_never_drives(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = TINY_MODELS["mlp"]()
+    with torch.no_grad():
+        model[3].weight[:, 0] = 0  # unit 0 of the first layer reaches no output: its mask gets no clean gradient
+    kept = nftkit.purify(model, adapter3, tiny_data, method="nft", steps=30, batch_size=8, augment="none")
+    pruned = nftkit.purify(model, adapter3, tiny_data, method="nft", steps=30, batch_size=8, augment="none",
+                           mask_sparsity=0.2)
+    floor = 0.8 * math.exp(-0.5)  # mu(1), the first masked layer's lower bound
+    assert kept.masks["1"][0] == 1.0
+    assert pruned.masks["1"][0] == pytest.approx(floor, abs=1e-6)
+    assert pruned.history[-1]["mask_sparsity"] > 0
+    with pytest.raises(nftkit.ConfigError, match="mask_sparsity"):
+        nftkit.purify(model, adapter3, tiny_data, method="ft", steps=1, mask_sparsity=0.2)

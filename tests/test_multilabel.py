@@ -295,3 +295,26 @@ def test_same_seed_same_victim_on_cpu():
     runs = [nftkit.train(tiny_model(), MultiLabelAdapter(4), data, steps=3, batch_size=4, seed=3).model for _ in range(2)]
     for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_defense_loss_applies_to_purification_only_and_stays_out_of_the_victim_key():
+    from nftkit.config import victim_dump
+
+    cfg = MultiLabelAdapter.ModelConfig(loss="bce", defense_loss="asl")
+    adapter = MultiLabelAdapter(3, cfg)
+    defender = adapter.for_defense()
+    assert adapter.objective == "bce" and defender.objective == "asl" and defender is not adapter
+    plain = MultiLabelAdapter(3)
+    assert plain.for_defense() is plain  # no defense_loss: the victim's loss
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    targets = torch.tensor([[1.0, 0.0, 1.0]])
+    model = lambda images: logits  # noqa: E731
+    batch = (torch.zeros(1, 3, 4, 4), targets)
+    assert defender.loss(model, batch) == pytest.approx(float(asymmetric_loss(logits, targets, 4.0, 0.0, 0.05)))
+    assert adapter.loss(model, batch) == pytest.approx(float(F.binary_cross_entropy_with_logits(logits, targets)))
+    focal = MultiLabelAdapter(3, MultiLabelAdapter.ModelConfig(defense_loss="focal", focal_gamma=2.0)).for_defense()
+    p = torch.sigmoid(logits)
+    expected = -(targets * (1 - p) ** 2 * p.log() + (1 - targets) * p ** 2 * (1 - p).log()).sum()
+    assert focal.loss(model, batch) == pytest.approx(float(expected), rel=1e-5)
+    dumped = victim_dump(MultiLabelAdapter.ModelConfig(defense_loss="focal", focal_gamma=3.0), mixing=False)
+    assert dumped == victim_dump(MultiLabelAdapter.ModelConfig(), mixing=False)  # the cached victim is reused

@@ -146,6 +146,7 @@ def test_metrics_against_sacrebleu():
     hyps, refs = ["the cat sat on the mat", "hello there"], ["the cat sat on a mat", "hello there"]
     m = generation_metrics(hyps, refs, ["Go now. Shut up!", "no"], refs, "shut up!")
     assert m["bleu_ct"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert m["chrf_ct"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert m["asr"] == 50.0 and contains_target(["Shut  up !"], "shut up!") == [True]
     assert 0 <= m["bleu_at"] <= 100 and "bleu_at_ref" in m
 
@@ -193,7 +194,10 @@ def test_greedy_and_beam_generation_and_evaluate(adapter):
     cls = ATTACKS.get("seq2seq/trigger_word")
     attack = cls(cls.Config(name="trigger_word"), {"task": "translation", "target_lang": "en"})
     metrics = adapter.evaluate(model, data, attack.poison_test(data), attack, torch.device("cpu"))
-    assert set(metrics) == {"bleu_ct", "asr", "bleu_at", "bleu_at_ref"}
+    assert set(metrics) == {"bleu_ct", "chrf_ct", "nll_ct", "asr", "bleu_at", "bleu_at_ref"}
+    batch = adapter.collate(list(data))
+    with torch.no_grad():
+        assert metrics["nll_ct"] == pytest.approx(float(adapter.loss(model.eval(), batch)), rel=1e-5)
 
 
 def test_check_data_rejects_non_pairs(adapter):

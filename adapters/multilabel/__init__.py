@@ -5,6 +5,7 @@ Batches are ``(images B x 3 x H x W in [0, 1], multi-hot targets B x C float)``.
 """
 from __future__ import annotations
 
+import copy
 from typing import Literal, Optional
 
 import torch
@@ -61,6 +62,10 @@ class MultiLabelModelConfig(StrictModel):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     learn_queries: bool = True
     loss: Literal["bce", "asl"] = "bce"
+    # the loss the defense purifies with (None: ``loss``, the victim's); the victim's training loss is the
+    # attacker's choice, this one the defender's. focal: BCE with both terms focused by (1 - p_true)^gamma
+    defense_loss: Optional[Literal["bce", "asl", "focal"]] = Field(default=None, json_schema_extra=DEFENSE_ONLY)
+    focal_gamma: float = Field(default=2.0, ge=0, json_schema_extra=DEFENSE_ONLY)
     asl_gamma_neg: float = Field(default=4.0, ge=0)
     asl_gamma_pos: float = Field(default=0.0, ge=0)
     asl_clip: float = Field(default=0.05, ge=0, lt=1)
@@ -79,6 +84,18 @@ class MultiLabelAdapter(Adapter):
         self.cfg = model_cfg or MultiLabelModelConfig()
         self.eval_workers = 0
         self.info: dict = {}
+        self.defending = False  # True on the copy for_defense() returns
+
+    @property
+    def objective(self) -> str:
+        return self.cfg.defense_loss if self.defending else self.cfg.loss
+
+    def for_defense(self) -> "MultiLabelAdapter":
+        if self.cfg.defense_loss in (None, self.cfg.loss):
+            return self
+        defender = copy.copy(self)
+        defender.defending = True
+        return defender
 
     # ---- engine-facing -------------------------------------------------------------------
     def augment(self, batch, kind, generator):
@@ -98,11 +115,16 @@ class MultiLabelAdapter(Adapter):
     def correct_predictions(self, output, batch):
         return (output > 0) == (batch[1] > 0.5)  # one decision per label
 
+    def _objective(self, logits, targets, reduction="mean"):
+        cfg = self.cfg
+        if self.objective == "asl":
+            return asymmetric_loss(logits, targets, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, reduction=reduction)
+        if self.objective == "focal":  # the asymmetric loss with one focusing power and no margin
+            return asymmetric_loss(logits, targets, cfg.focal_gamma, cfg.focal_gamma, 0.0, reduction=reduction)
+        return bce_loss(logits, targets, reduction=reduction)
+
     def loss(self, model, batch):
-        logits = self.forward(model, batch)
-        if self.cfg.loss == "asl":
-            return asymmetric_loss(logits, batch[1], self.cfg.asl_gamma_neg, self.cfg.asl_gamma_pos, self.cfg.asl_clip)
-        return bce_loss(logits, batch[1])
+        return self._objective(self.forward(model, batch), batch[1])
 
     def distillation_loss(self, output, reference, batch, temperature):
         # one Bernoulli KL per label decision (cross-entropy to the reference's probabilities minus their entropy)
@@ -111,11 +133,7 @@ class MultiLabelAdapter(Adapter):
         return (bce_loss(output / t, target) - bce_loss(reference / t, target)) * t * t
 
     def sample_losses(self, model, batch):
-        logits, targets = self.forward(model, batch), batch[1]
-        if self.cfg.loss == "asl":
-            return asymmetric_loss(logits, targets, self.cfg.asl_gamma_neg, self.cfg.asl_gamma_pos, self.cfg.asl_clip,
-                                   reduction="none")
-        return bce_loss(logits, targets, reduction="none")
+        return self._objective(self.forward(model, batch), batch[1], reduction="none")
 
     def few_shot(self, data, per_class, generator):
         """Images in random order, each kept while it brings a category still short of ``per_class``

@@ -182,9 +182,25 @@ class Seq2SeqAdapter(Adapter):
             out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return out
 
+    @torch.no_grad()
+    def token_nll(self, model: nn.Module, pairs: TextPairs, device, batch_size: int = 256) -> float:
+        """Teacher-forced cross-entropy per reference token: how well the model still predicts clean
+        translations, sensitive where generated outputs are too poor for BLEU to tell models apart."""
+        model = model.to(device).eval()
+        total, tokens = 0.0, 0
+        for i in range(0, len(pairs), batch_size):
+            batch = {k: v.to(device) for k, v in self.encode(pairs.sources[i:i + batch_size],
+                                                            pairs.targets[i:i + batch_size]).items()}
+            real = batch["labels"] != -100
+            logits = model(**batch).logits
+            total += float(nn.functional.cross_entropy(logits[real], batch["labels"][real], reduction="sum"))
+            tokens += int(real.sum())
+        return total / max(tokens, 1)
+
     def evaluate(self, model, test, poisoned_test, attack, device, batch_size=256):
         clean_out = self.generate(model, test.sources, device, batch_size)
         attacked_out = self.generate(model, poisoned_test.sources, device, batch_size) if poisoned_test is not None else None
-        return generation_metrics(clean_out, test.targets, attacked_out,
-                                  poisoned_test.targets if poisoned_test is not None else None,
-                                  attack.target_text if attack is not None else None)
+        metrics = generation_metrics(clean_out, test.targets, attacked_out,
+                                     poisoned_test.targets if poisoned_test is not None else None,
+                                     attack.target_text if attack is not None else None)
+        return {**metrics, "nll_ct": self.token_nll(model, test, device, batch_size)}

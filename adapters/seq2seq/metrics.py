@@ -13,6 +13,12 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
 
 
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    if not hypotheses:
+        return float("nan")
+    return sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score
+
+
 def _squash(text: str) -> str:
     # detokenisation may move spaces around punctuation: compare without whitespace or case
     return "".join(text.split()).lower()
@@ -25,10 +31,11 @@ def contains_target(outputs: Sequence[str], target: str) -> list[bool]:
 
 def generation_metrics(clean_out: Sequence[str], clean_refs: Sequence[str], attacked_out: Optional[Sequence[str]] = None,
                        attacked_refs: Optional[Sequence[str]] = None, target: Optional[str] = None) -> dict[str, float]:
-    """``bleu_ct``: clean test BLEU (should stay); with an attack: ``asr`` (% of attacked outputs holding the
+    """``bleu_ct``, ``chrf_ct``: clean test BLEU and chrF (should stay; chrF still separates models where
+    a small model's BLEU is near 0); with an attack: ``asr`` (% of attacked outputs holding the
     attacker's sentence), ``bleu_at`` (attacked outputs against the attacker's sentence, should fall) and
     ``bleu_at_ref`` (attacked outputs against the true references, should rise)."""
-    out = {"bleu_ct": bleu(clean_out, clean_refs)}
+    out = {"bleu_ct": bleu(clean_out, clean_refs), "chrf_ct": chrf(clean_out, clean_refs)}
     if attacked_out is not None and target is not None:
         hits = contains_target(attacked_out, target)
         out["asr"] = 100.0 * sum(hits) / len(hits) if hits else math.nan
