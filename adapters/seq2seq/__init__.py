@@ -191,10 +191,9 @@ class Seq2SeqAdapter(Adapter):
         for i in range(0, len(pairs), batch_size):
             batch = {k: v.to(device) for k, v in self.encode(pairs.sources[i:i + batch_size],
                                                             pairs.targets[i:i + batch_size]).items()}
-            real = batch["labels"] != -100
-            logits = model(**batch).logits
-            total += float(nn.functional.cross_entropy(logits[real], batch["labels"][real], reduction="sum"))
-            tokens += int(real.sum())
+            count = int((batch["labels"] != -100).sum())
+            total += float(model(**batch).loss) * count  # the model's own mean over the batch's tokens
+            tokens += count
         return total / max(tokens, 1)
 
     def evaluate(self, model, test, poisoned_test, attack, device, batch_size=256):
