@@ -8,7 +8,8 @@ import nftkit
 from nftkit.attacks import ATTACKS
 from nftkit.errors import DataError
 from nftkit.adapters.pointcloud import PointCloudAdapter, PointCloudDataset, build_point_model
-from nftkit.adapters.pointcloud.augment import exact_match, point_mixup, random_rotate_scale_jitter, rsmix, sinkhorn_match
+from nftkit.adapters.pointcloud.augment import (exact_match, point_mixup, random_clusters, random_rotate_scale_jitter,
+                                                rsmix, sinkhorn_match)
 from nftkit.adapters.pointcloud.data import CGAL_CLASSES, load_point_dataset, normalize, read_off, rotation, sample_surface
 
 CUBE = """OFF
@@ -171,6 +172,39 @@ def test_rsmix_replaces_a_rigid_patch_and_mixes_labels_by_its_size():
         assert torch.allclose(row[row > 0].sort().values, expected)
 
 
+def test_random_clusters_put_one_ball_per_chosen_cloud_at_the_asked_distance():
+    data = _clouds(40, points=64)
+    g = torch.Generator().manual_seed(0)
+    out = random_clusters(data.points, g, 0.5, (6, 6), (0.05, 0.05), (1.3, 1.4))
+    changed = (out != data.points).any(-1)
+    chosen = changed.any(1)
+    assert 8 < chosen.sum() < 32 and (changed.sum(1)[chosen] == 6).all()
+    for cloud, rows in zip(out[chosen], changed[chosen]):
+        ball = cloud[rows]
+        centre = ball.mean(0)
+        assert (ball - centre).norm(dim=-1).max() <= 0.1 and 1.2 < centre.norm() < 1.5
+    assert torch.equal(out[~chosen], data.points[~chosen])
+    again = random_clusters(data.points, torch.Generator().manual_seed(0), 0.5, (6, 6), (0.05, 0.05), (1.3, 1.4))
+    assert torch.equal(out, again)
+
+
+def test_defense_clusters_follow_the_mixing_and_keep_the_mixed_labels():
+    from nftkit.adapters.pointcloud import PointDataConfig
+
+    data = _clouds(8, points=64)
+    batch = (data.points, data.targets)
+    plain = PointCloudAdapter(3, PointDataConfig(mix="none", rotate=False, scale_low=1, scale_high=1, jitter=0))
+    points, targets = plain.augment(batch, "mix", torch.Generator().manual_seed(0))
+    assert torch.equal(points, data.points) and torch.equal(targets, torch.eye(3)[data.targets])
+    clusters = PointCloudAdapter(3, plain.cfg.model_copy(update={"cluster_prob": 1.0}))
+    points, targets = clusters.augment(batch, "mix", torch.Generator().manual_seed(0))
+    assert (points != data.points).any(-1).any(1).all() and torch.equal(targets, torch.eye(3)[data.targets])
+    basic, _ = clusters.augment(batch, "basic", torch.Generator().manual_seed(0))
+    assert torch.equal(basic, data.points)  # victims train on 'basic': the clusters are the defender's only
+    with pytest.raises(ValueError, match="cluster_radius"):
+        PointDataConfig(cluster_radius=(0.2, 0.1))
+
+
 # ---- attacks --------------------------------------------------------------------------------
 INFO = {"num_classes": 3}
 
@@ -215,6 +249,30 @@ def test_3dpcba_places_the_cluster_with_a_surrogate():
     assert (poisoned.targets[poisoned.poisoned_indices] == 0).all()
     with pytest.raises(nftkit.ConfigError, match="needs the adapter"):
         _attack("3dpcba")
+
+
+def test_3dpcba_starts_from_the_best_scored_places(monkeypatch):
+    class LikesHighPoints(torch.nn.Module):  # a surrogate whose target logit is the highest point's height
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, points):
+            top = points[..., 1].max(1).values * 10
+            return torch.stack([top, torch.zeros_like(top), torch.zeros_like(top)], 1)
+
+    monkeypatch.setattr(nftkit, "train", lambda *a, **k: type("Trained", (), {"model": LikesHighPoints()})())
+
+    def height(seed, candidates=32):
+        attack = _attack("3dpcba", PointCloudAdapter(3), n_points=4, search_steps=1, search_starts=1,
+                         search_candidates=candidates, search_batch=8)
+        attack.poison_train(_clouds(30), torch.Generator().manual_seed(seed))
+        return attack.info["3dpcba_centre"][1]
+
+    # one gradient step barely moves a start: the height comes from choosing the best of 32 places on the
+    # 1.2 sphere, where a single random start lands anywhere
+    assert min(height(seed) for seed in range(4)) > 0.95
+    assert min(height(seed, candidates=1) for seed in range(4)) < 0.5
 
 
 def test_3dpcba_places_the_same_cluster_whatever_the_global_rng():

@@ -2,12 +2,13 @@
 PointBA-I/O and 3DPC-BA attacks, ACC/ASR/LCR."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
 from nftkit.adapter import Splits, register_adapter
@@ -18,7 +19,7 @@ from nftkit.metrics import evaluate_classifier
 from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, samples_per_class
 
 from . import attacks  # noqa: F401  register point-cloud attacks
-from .augment import point_mixup, random_rotate_scale_jitter, rsmix
+from .augment import point_mixup, random_clusters, random_rotate_scale_jitter, rsmix
 from .data import POINT_DATASETS, PointCloudDataset, load_point_dataset, read_off, sample_surface
 from .models import POINT_MODELS, build_point_model
 
@@ -36,13 +37,27 @@ class PointDataConfig(StrictModel):
     test_limit: Optional[int] = Field(default=None, ge=1)
     views_per_mesh: int = Field(default=40, ge=2)  # cgal only
     # augmentation ('basic' for training, 'mix' for NFT)
-    mix: Literal["pointmixup", "rsmix"] = Field(default="pointmixup", json_schema_extra=DEFENSE_ONLY)
+    # 'none': the mixed batch is the basic one (then only cluster_prob changes it)
+    mix: Literal["pointmixup", "rsmix", "none"] = Field(default="pointmixup", json_schema_extra=DEFENSE_ONLY)
     mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)
     assignment: Literal["sinkhorn", "exact"] = Field(default="sinkhorn", json_schema_extra=DEFENSE_ONLY)
+    # after mixing: the share of clouds given a random ball of points around the object (0 = off)
+    cluster_prob: float = Field(default=0.0, ge=0, le=1, json_schema_extra=DEFENSE_ONLY)
+    cluster_points: tuple[int, int] = Field(default=(16, 48), json_schema_extra=DEFENSE_ONLY)  # points per ball
+    cluster_radius: tuple[float, float] = Field(default=(0.02, 0.1), json_schema_extra=DEFENSE_ONLY)
+    # the ball's centre, from the origin: just outside the unit sphere that normalised objects fill
+    cluster_distance: tuple[float, float] = Field(default=(1.0, 1.5), json_schema_extra=DEFENSE_ONLY)
     rotate: bool = True
     scale_low: float = Field(default=0.8, gt=0)
     scale_high: float = Field(default=1.25, gt=0)
     jitter: float = Field(default=0.01, ge=0)
+
+    @field_validator("cluster_points", "cluster_radius", "cluster_distance")
+    @classmethod
+    def _a_range(cls, value, info):
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError(f"data.{info.field_name} is [low, high] with 0 <= low <= high, got {list(value)}")
+        return value
 
 
 class PointModelConfig(StrictModel):
@@ -73,9 +88,13 @@ class PointCloudAdapter(SingleLabelAdapter):
         if kind == "basic":
             return points, labels
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
-        if c.mix == "rsmix":
-            return rsmix(points, targets, generator, c.mix_alpha)
-        return point_mixup(points, targets, generator, c.mix_alpha, c.assignment)
+        if c.mix != "none":
+            mix = rsmix if c.mix == "rsmix" else partial(point_mixup, assignment=c.assignment)
+            points, targets = mix(points, targets, generator, c.mix_alpha)
+        if c.cluster_prob > 0:
+            points = random_clusters(points, generator, c.cluster_prob, c.cluster_points, c.cluster_radius,
+                                     c.cluster_distance)
+        return points, targets
 
     def few_shot(self, data, per_class, generator):
         picked, _ = balanced_split(self._labels(data), per_class, generator)

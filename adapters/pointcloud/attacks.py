@@ -13,6 +13,7 @@ from nftkit.attacks import ATTACKS
 from nftkit.errors import ConfigError
 
 from ..classification import LabelAttack, LabelAttackConfig
+from .augment import ball_points, insert_cluster
 from .data import PointCloudDataset, rotation
 
 
@@ -39,22 +40,6 @@ class PointAttack(LabelAttack):
         keep = self._candidates(test.targets)
         g = torch.Generator().manual_seed(self.cfg.trigger_seed + 1)
         return PointCloudDataset(self.apply(test.points[keep], g), test.targets[keep])
-
-
-def insert_cluster(points: torch.Tensor, cluster: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Replace random points of each cloud (B, N, 3) by the fixed cluster (K, 3): N stays the same."""
-    b, n, _ = points.shape
-    k = len(cluster)
-    idx = torch.rand(b, n, generator=generator).argsort(1)[:, :k].to(points.device)
-    out = points.clone()
-    out.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, 3), cluster.to(points).expand(b, -1, -1))
-    return out
-
-
-def ball_points(k: int, radius: float, generator: torch.Generator) -> torch.Tensor:
-    """``k`` points uniform in a ball of ``radius`` around the origin."""
-    direction = F.normalize(torch.randn(k, 3, generator=generator), dim=-1)
-    return direction * radius * torch.rand(k, 1, generator=generator) ** (1 / 3)
 
 
 @ATTACKS.register("pointcloud/pointba_i")
@@ -104,6 +89,7 @@ class BackdoorPoints3D(PointAttack):
         surrogate_lr: float = Field(default=0.05, gt=0)
         search_steps: int = Field(default=100, ge=1)
         search_starts: int = Field(default=8, ge=1)
+        search_candidates: int = Field(default=8, ge=1)  # places scored per start; the best become the starts
         search_batch: int = Field(default=64, ge=1)
         device: str = "cpu"  # where the surrogate trains and the search runs
 
@@ -144,8 +130,14 @@ class BackdoorPoints3D(PointAttack):
         clouds = train.points[pick].to(cfg.device)
         target = self.target_for(train.targets[pick]).to(cfg.device)
         shape = self.shape.to(cfg.device)
-        # several starts on a sphere around the object: the objective is not convex in the centre
-        starts = F.normalize(torch.randn(cfg.search_starts, 3, generator=generator), dim=-1).to(cfg.device) * 0.8 * cfg.max_norm
+        # the objective is not convex in the centre: start from the best of many places on a sphere around
+        # the object (gradient steps from a few random starts can all sink into the object, where a cluster
+        # is just more object)
+        candidates = F.normalize(torch.randn(cfg.search_candidates * cfg.search_starts, 3, generator=generator), dim=-1).to(cfg.device) * cfg.max_norm
+        with torch.no_grad():
+            losses = torch.stack([F.cross_entropy(surrogate(insert_cluster(clouds, shape + c, generator)), target)
+                                  for c in candidates])
+        starts = candidates[losses.argsort()[: cfg.search_starts]]
         best, best_loss = starts[0], math.inf
         for start in starts:
             centre = start.clone().requires_grad_(True)

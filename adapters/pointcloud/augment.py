@@ -2,7 +2,7 @@
 
 'basic': random rotation about the up axis (y), anisotropic scaling and clipped jitter.
 'mix': PointMixup (Chen et al., 2020) or RSMix (Lee et al., 2021), one ratio per batch, labels
-mixed by the same ratio.
+mixed by the same ratio; then, if asked, random point clusters around the object (``random_clusters``).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from nftkit.errors import ConfigError
 
@@ -40,6 +41,38 @@ def random_rotate_scale_jitter(points: torch.Tensor, generator: torch.Generator,
         noise = torch.randn(points.shape, generator=generator).to(points.device) * jitter
         points = points + noise.clamp(-clip, clip)
     return points
+
+
+def insert_cluster(points: torch.Tensor, cluster: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Replace random points of each cloud (B, N, 3) by the cluster (K, 3), or by one cluster per cloud
+    (B, K, 3): N stays the same."""
+    b, n, _ = points.shape
+    k = cluster.shape[-2]
+    idx = torch.rand(b, n, generator=generator).argsort(1)[:, :k].to(points.device)
+    out = points.clone()
+    out.scatter_(1, idx.unsqueeze(-1).expand(-1, -1, 3), cluster.to(points).expand(b, -1, -1))
+    return out
+
+
+def ball_points(k: int, radius: float, generator: torch.Generator) -> torch.Tensor:
+    """``k`` points uniform in a ball of ``radius`` around the origin."""
+    direction = F.normalize(torch.randn(k, 3, generator=generator), dim=-1)
+    return direction * radius * torch.rand(k, 1, generator=generator) ** (1 / 3)
+
+
+def random_clusters(points: torch.Tensor, generator: torch.Generator, prob: float, n_points: tuple[int, int],
+                    radius: tuple[float, float], distance: tuple[float, float]) -> torch.Tensor:
+    """With probability ``prob`` per cloud, replace random points by a small ball at a random place around
+    the object (centre at ``distance`` from the origin in a random direction), labels unchanged. A local
+    cluster trigger (PointBA-I, 3DPC-BA) drives units that clean and mixed clouds never reach; random
+    clusters reach them and teach that a cluster off the object carries no class."""
+    b, n, _ = points.shape
+    k = min(n - 1, int(torch.randint(n_points[0], n_points[1] + 1, (1,), generator=generator)))
+    centres = F.normalize(torch.randn(b, 1, 3, generator=generator), dim=-1) * _uniform((b, 1, 1), *distance, generator, "cpu")
+    radii = _uniform((b, 1, 1), *radius, generator, "cpu")
+    balls = F.normalize(torch.randn(b, k, 3, generator=generator), dim=-1) * radii * torch.rand(b, k, 1, generator=generator) ** (1 / 3)
+    chosen = (torch.rand(b, generator=generator) < prob).to(points.device).view(b, 1, 1)
+    return torch.where(chosen, insert_cluster(points, centres + balls, generator), points)
 
 
 def sinkhorn_match(a: torch.Tensor, b: torch.Tensor, eps: float = 0.01, iters: int = 50) -> torch.Tensor:
