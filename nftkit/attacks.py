@@ -1,7 +1,7 @@
 """Attack registry. Attacks are domain code (in adapters) registered as '<adapter>/<name>'."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -34,6 +34,12 @@ class Attack:
 
     def target_for(self, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def placement(self) -> Optional[Any]:
+        """What ``poison_train`` decided beyond the config (a searched trigger position, say), as JSON-able
+        data. It joins the victim's cache key, so that a change in how the attack decides cannot reuse a
+        victim trained on another trigger. None when the config and the seed decide everything."""
+        return None
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

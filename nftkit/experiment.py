@@ -106,6 +106,9 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
     spec = {"adapter": exp.recipe.adapter, "data": victim_dump(s["data"], mixing), "model": victim_dump(s["model"], mixing),
             "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),
             "seed": exp.recipe.seed}
+    placed = attack.placement() if attack else None
+    if placed is not None:
+        spec["placement"] = placed
     key = victim_key(spec)
     meta = load_victim(model, key) if exp.recipe.cache_victim else None
     if meta is not None:

@@ -67,3 +67,25 @@ def test_pointcloud_recipe_smoke_run(name, tmp_path):
     assert saved["targets"] and all(t["kind"].startswith("BatchNorm") for t in saved["targets"])
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())
     assert resolved["defense"]["steps"] == 2 and resolved["data"]["num_points"] == 32
+
+
+def test_a_victim_trained_on_another_placed_trigger_is_not_reused(tmp_path, monkeypatch):
+    # the 3DPC-BA search decides the trigger's place; the cache key must follow it, not only the config
+    from nftkit.adapters.pointcloud.attacks import BackdoorPoints3D
+
+    monkeypatch.setenv("NFTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    _fake_cgal(data_root)
+    overrides = TINY + [f"data.root={data_root}"] + TINY_ATTACK["3dpcba"]
+
+    def victim_line(out):
+        lines = []
+        run("pointcloud/cgal_3dpcba", overrides, tmp_path / out, log=lines.append)
+        return next(line for line in lines if line.startswith("victim:"))
+
+    assert victim_line("first").startswith("victim: training")
+    assert victim_line("again").startswith("victim: cached")
+    searched = BackdoorPoints3D.placement
+    monkeypatch.setattr(BackdoorPoints3D, "placement", lambda self: [v + 0.5 for v in searched(self)])
+    assert victim_line("moved").startswith("victim: training")

@@ -105,6 +105,9 @@ class BackdoorPoints3D(PointAttack):
             raise RuntimeError("poison_train must run first: it places the backdoor points")
         return insert_cluster(points, self.cluster, generator)
 
+    def placement(self):
+        return None if self.cluster is None else [round(v, 4) for v in self.cluster.mean(0).tolist()]
+
     def poison_train(self, train, generator):
         self.cluster = self.shape + self._search(train, generator)
         self.info["3dpcba_centre"] = self.cluster.mean(0).tolist()
