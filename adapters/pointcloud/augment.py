@@ -54,10 +54,11 @@ def insert_cluster(points: torch.Tensor, cluster: torch.Tensor, generator: torch
     return out
 
 
-def ball_points(k: int, radius: float, generator: torch.Generator) -> torch.Tensor:
-    """``k`` points uniform in a ball of ``radius`` around the origin."""
-    direction = F.normalize(torch.randn(k, 3, generator=generator), dim=-1)
-    return direction * radius * torch.rand(k, 1, generator=generator) ** (1 / 3)
+def ball_points(k: int, radius, generator: torch.Generator, batch: tuple[int, ...] = ()) -> torch.Tensor:
+    """``k`` points uniform in a ball of ``radius`` (a number, or a tensor that broadcasts per ball) around
+    the origin: (k, 3), or (*batch, k, 3) for one ball per leading index."""
+    direction = F.normalize(torch.randn(*batch, k, 3, generator=generator), dim=-1)
+    return direction * radius * torch.rand(*batch, k, 1, generator=generator) ** (1 / 3)
 
 
 def random_clusters(points: torch.Tensor, generator: torch.Generator, prob: float, n_points: tuple[int, int],
@@ -69,8 +70,7 @@ def random_clusters(points: torch.Tensor, generator: torch.Generator, prob: floa
     b, n, _ = points.shape
     k = min(n - 1, int(torch.randint(n_points[0], n_points[1] + 1, (1,), generator=generator)))
     centres = F.normalize(torch.randn(b, 1, 3, generator=generator), dim=-1) * _uniform((b, 1, 1), *distance, generator, "cpu")
-    radii = _uniform((b, 1, 1), *radius, generator, "cpu")
-    balls = F.normalize(torch.randn(b, k, 3, generator=generator), dim=-1) * radii * torch.rand(b, k, 1, generator=generator) ** (1 / 3)
+    balls = ball_points(k, _uniform((b, 1, 1), *radius, generator, "cpu"), generator, batch=(b,))
     chosen = (torch.rand(b, generator=generator) < prob).to(points.device).view(b, 1, 1)
     return torch.where(chosen, insert_cluster(points, centres + balls, generator), points)
 
