@@ -7,16 +7,16 @@ from typing import Optional, Sequence
 import sacrebleu
 
 
+def _corpus_score(metric, hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    return metric(list(hypotheses), [list(references)]).score if hypotheses else float("nan")
+
+
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    if not hypotheses:
-        return float("nan")
-    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
+    return _corpus_score(sacrebleu.corpus_bleu, hypotheses, references)
 
 
 def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    if not hypotheses:
-        return float("nan")
-    return sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score
+    return _corpus_score(sacrebleu.corpus_chrf, hypotheses, references)
 
 
 def _squash(text: str) -> str:
