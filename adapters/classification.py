@@ -103,7 +103,9 @@ class LabelAttack(Attack):
 
 class SingleLabelAdapter(Adapter):
     """Forward and loss of a classifier whose batches are ``(inputs, labels)``: labels are class indices,
-    or class probabilities after MixUp."""
+    or class probabilities after MixUp. An augmented batch may carry a third element, B bools: the rows
+    where the input model's outputs are a target for distillation (False where the augmentation put in
+    something the input model may answer with its backdoor)."""
 
     def forward(self, model, batch):
         return model(batch[0])
@@ -115,6 +117,11 @@ class SingleLabelAdapter(Adapter):
         return F.cross_entropy(self.forward(model, batch), batch[1], reduction="none")
 
     def distillation_loss(self, output, reference, batch, temperature):
+        if isinstance(batch, (tuple, list)) and len(batch) > 2:
+            rows = batch[2]
+            if not rows.any():
+                return output.sum() * 0.0
+            output, reference = output[rows], reference[rows]
         return softmax_distillation(output, reference, temperature)
 
     def correct_predictions(self, output, batch):

@@ -57,6 +57,9 @@ class PurifyConfig(StrictModel):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     mask_classifier: bool = False
+    # layers (name patterns) whose input features get one mask each as well: a trigger confined to one
+    # region of a feature map shares its channels with clean content, but not its flattened features
+    input_masks: list[str] = Field(default_factory=list)
     schedule: ScheduleShape = "exponential"
     alpha: float = Field(default=0.8, ge=0, le=1)
     beta: float = Field(default=0.5, ge=0)
@@ -65,6 +68,7 @@ class PurifyConfig(StrictModel):
     eta_c_base: float = Field(default=5e-4, ge=0)
     # weight of a pull of every mask towards its lower bound (0: off), for neurons clean data never drives
     mask_sparsity: float = Field(default=0.0, ge=0)
+    mask_sparsity_inputs_only: bool = False  # the pull acts on the input_masks alone
     # SFT: eta_F * Tr(F) every fisher_every steps + (eta_r / 2) * Fisher-weighted drift
     eta_f: float = Field(default=1e-3, ge=0)
     eta_r: float = Field(default=5.0, ge=0)

@@ -22,7 +22,7 @@ from .methods.base import Setup, StepContext
 from .reparam import NeuronMask, PerturbedNeuronMask, Reparameterized, SpectralShift, fold_all, replace_module
 from .regularizers import Distillation, MaskSparsity
 from .schedules import lower_bounds
-from .subspace import CleanBatches, clean_subspace, projected_layers, recalibrate_norms
+from .subspace import CleanBatches, clean_subspace, projected_layers, recalibrate_norms, record_input_means
 from .targeting import Target, affine_layers, select_targets, trace_model
 
 
@@ -114,7 +114,8 @@ def _targets(model: nn.Module, trace, cfg: PurifyConfig, reparam: str) -> list[T
         targets = select_targets(model, trace, "weight_rows", cfg.include, cfg.exclude, cfg.mask_classifier)
         targets = [t for t in targets if list(t.rule.params.items()) == [("weight", (0, 1))]]
     else:
-        targets = select_targets(model, trace, cfg.placement, cfg.include, cfg.exclude, cfg.mask_classifier)
+        targets = select_targets(model, trace, cfg.placement, cfg.include, cfg.exclude, cfg.mask_classifier,
+                                 tuple(cfg.input_masks))
     if not targets:
         raise ConfigError("no layer matched for re-parameterization; loosen 'include'/'exclude' or set mask_classifier=true")
     return targets
@@ -135,6 +136,12 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     if cfg.mask_sparsity > 0 and chosen.reparam != "neuron_mask":
         raise ConfigError(f"mask_sparsity pulls neural masks down, and method '{cfg.method}' trains none; use it with "
                           "nft, subspace_nft or adv_nft, or set mask_sparsity=0")
+    if cfg.mask_sparsity_inputs_only and not cfg.input_masks:
+        raise ConfigError("mask_sparsity_inputs_only pulls input-feature masks, and input_masks names no layer; "
+                          "set input_masks or mask_sparsity_inputs_only=false")
+    if cfg.input_masks and chosen.reparam != "neuron_mask":
+        raise ConfigError(f"input_masks adds neural masks, and method '{cfg.method}' trains none; use it with "
+                          "nft, subspace_nft or adv_nft, or leave input_masks empty")
     adapter.check_data(data)
     check_finite(model)
     device = local_device(cfg.device)
@@ -165,6 +172,9 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     targets = _targets(work, trace, cfg, chosen.reparam)
     affine = affine_layers(work, trace)  # before wrapping: a wrapped layer no longer reads as Linear/Conv
     wrapped = _wrap(work, targets, chosen.reparam)
+    input_masked = [w for w in wrapped.values() if isinstance(w, NeuronMask) and w.rule.inputs]
+    if input_masked:
+        record_input_means(work, input_masked, CleanBatches(adapter, data, list(range(len(data))), cfg.batch_size, device))
     bounds = [0.0] * len(targets)
     if chosen.reparam in ("neuron_mask", "perturbed_mask"):
         bounds = lower_bounds(cfg.schedule, [t.depth for t in targets], cfg.alpha, cfg.beta)
@@ -177,7 +187,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     if teacher is not None:
         regularizers.append(Distillation(cfg.distill_weight, cfg.distill_temperature, teacher))
     if cfg.mask_sparsity > 0:
-        regularizers.append(MaskSparsity(cfg.mask_sparsity))
+        regularizers.append(MaskSparsity(cfg.mask_sparsity, cfg.mask_sparsity_inputs_only))
 
     optimizer = _optimizer(cfg, tunables)
     if world_size > 1:

@@ -29,15 +29,21 @@ class MaskL1Drift:
 class MaskSparsity:
     """eta * sum m over all neural masks: pulls every mask towards its lower bound mu(l), so a neuron
     survives only where the clean loss pays for it. A neuron that clean data leaves silent (where a
-    trigger's pathway runs) gets no clean gradient, and MaskL1Drift alone would leave it at 1."""
+    trigger's pathway runs) gets no clean gradient, and MaskL1Drift alone would leave it at 1.
+    ``inputs_only``: the pull acts on input-feature masks alone (``input_masks``), which tend to the
+    feature's clean mean, not to 0."""
 
     name = "mask_sparsity"
 
-    def __init__(self, eta: float):
-        self.eta = eta
+    def __init__(self, eta: float, inputs_only: bool = False):
+        self.eta, self.inputs_only = eta, inputs_only
 
     def __call__(self, ctx) -> torch.Tensor:
-        sizes = [w.mask.sum() for w in ctx.setup.wrapped.values() if isinstance(w, NeuronMask)]
+        masks = [w for w in ctx.setup.wrapped.values() if isinstance(w, NeuronMask)]
+        if self.inputs_only:
+            sizes = [w.mask[w.rule.output_units(w.base_layer):].sum() for w in masks if w.rule.inputs]
+        else:
+            sizes = [w.mask.sum() for w in masks]
         return self.eta * torch.stack(sizes).sum() if sizes else None
 
 

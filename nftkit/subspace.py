@@ -146,6 +146,25 @@ def recalibrate_norms(model: nn.Module, batches: CleanBatches) -> None:
     model.train(was_training)
 
 
+def record_input_means(model: nn.Module, layers: list[nn.Module], batches: CleanBatches) -> None:
+    """Set each layer's ``input_mean``: the mean of its input features (the last axis) over the clean data,
+    in eval mode."""
+    sums: dict[nn.Module, torch.Tensor] = {}
+    counts: dict[nn.Module, int] = {}
+
+    def hook(module, args):
+        flat = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        sums[module] = sums.get(module, 0) + flat.sum(0)
+        counts[module] = counts.get(module, 0) + flat.shape[0]
+
+    was_training = model.training
+    model.eval()
+    _run_hooked(model, batches, [m.register_forward_pre_hook(hook) for m in layers])
+    model.train(was_training)
+    for m in layers:
+        m.input_mean = (sums[m] / counts[m]).to(m.mask.dtype)
+
+
 def _run_hooked(model: nn.Module, batches: CleanBatches, handles: list) -> None:
     """One pass over the batches with the given hooks, removed afterwards whatever happens."""
     try:

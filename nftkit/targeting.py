@@ -12,8 +12,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .errors import ModelError
-from .reparam.neuron_mask import MaskRule, is_batchnorm, mask_rule
+from .errors import ConfigError, ModelError
+from .reparam.neuron_mask import INPUT_MASKABLE, MaskRule, input_axes, is_batchnorm, mask_rule
 
 
 @dataclass
@@ -73,25 +73,28 @@ def matches_any(name: str, patterns: list[str]) -> bool:
 
 
 def select_targets(model: nn.Module, trace: Trace, placement: str, include: list[str], exclude: list[str],
-                   mask_classifier: bool) -> list[Target]:
-    """Layers that get one mask per output unit, with their depth index l = 1..L."""
+                   mask_classifier: bool, input_masks: tuple[str, ...] = ()) -> list[Target]:
+    """Layers that get one mask per output unit (and per input feature where ``input_masks`` matches),
+    with their depth index l = 1..L."""
+    head = None if mask_classifier else classifier_name(model, trace)
     candidates = []
     for name in trace.order:
         module = model.get_submodule(name)
         rule = mask_rule(module, placement)
-        if rule is None:
-            continue
         # a mask on a layer that feeds BatchNorm is normalised away in train mode: the norm carries it
-        if placement != "weight_rows" and name in trace.feeds_norm:
-            continue
-        candidates.append((name, module, rule))
-    if not mask_classifier:
-        head = classifier_name(model, trace)
-        candidates = [c for c in candidates if c[0] != head]
-    if include:
-        candidates = [c for c in candidates if matches_any(c[0], include)]
-    if exclude:
-        candidates = [c for c in candidates if not matches_any(c[0], exclude)]
+        if placement != "weight_rows" and name in trace.feeds_norm or name == head:
+            rule = None
+        if rule is not None and (include and not matches_any(name, include) or exclude and matches_any(name, exclude)):
+            rule = None
+        inputs = input_axes(module) if matches_any(name, list(input_masks)) else None
+        if inputs:
+            rule = MaskRule(rule.params if rule is not None else {}, inputs)
+        if rule is not None:
+            candidates.append((name, module, rule))
+    for pattern in input_masks:
+        if not any(rule.inputs and matches_any(name, [pattern]) for name, _, rule in candidates):
+            raise ConfigError(f"input_masks pattern '{pattern}' matched no executed layer whose inputs can be masked "
+                              f"({INPUT_MASKABLE}); layer names are module paths such as 'lstm' or 'classifier.1'")
     return [Target(name, type(m).__name__, rule.units(m), depth, rule)
             for depth, (name, m, rule) in enumerate(candidates, start=1)]
 

@@ -8,6 +8,7 @@ import torch.nn as nn
 import nftkit
 from nftkit.purify import _wrap
 from nftkit.reparam import NeuronMask, fold_all
+from nftkit.reparam.neuron_mask import MaskRule, input_axes
 from nftkit.schedules import lower_bounds
 from nftkit.targeting import select_targets, trace_model
 
@@ -145,6 +146,51 @@ def test_lstm_units_masked_in_every_gate():
         folded = wrapper.fold()
         assert torch.allclose(folded(x)[0], expected, atol=1e-6)
         assert torch.allclose(folded.weight_hh_l0[5:10], lstm.weight_hh_l0[5:10] * wrapper.mask[:, None])
+
+
+def test_input_masks_scale_input_columns_and_fold_exactly():
+    lstm = nn.LSTM(3, 5, batch_first=True)
+    rule = MaskRule(nftkit.reparam.mask_rule(lstm, "bn_gamma").params, input_axes(lstm))
+    assert rule.units(lstm) == 5 + 3  # hidden units, then input features
+    wrapper = NeuronMask(copy.deepcopy(lstm), rule)
+    x = torch.rand(2, 4, 3)
+    with torch.no_grad():
+        wrapper.mask.copy_(torch.tensor([1.0, 1, 1, 1, 1, 0.5, 0.0, 1.0]))
+        # a masked input feature is the same as that feature scaled in the input
+        assert torch.allclose(wrapper(x)[0], lstm(x * torch.tensor([0.5, 0.0, 1.0]))[0], atol=1e-6)
+        # with the clean mean set, a masked-out feature becomes that mean, not 0
+        wrapper.input_mean = torch.tensor([0.2, 0.4, 0.6])
+        replaced = x.clone()
+        replaced[..., 1] = 0.4
+        replaced[..., 0] = 0.5 * x[..., 0] + 0.5 * 0.2
+        assert torch.allclose(wrapper(x)[0], lstm(replaced)[0], atol=1e-6)
+        wrapper.mask.uniform_(0.3, 1.0)
+        expected = wrapper(x)[0]
+        folded = wrapper.fold()
+        assert torch.allclose(folded(x)[0], expected, atol=1e-6)
+    head = nn.Linear(4, 2)
+    only_inputs = MaskRule({}, input_axes(head))
+    assert only_inputs.units(head) == 4 and only_inputs.output_units(head) == 0
+    assert NeuronMask(head, only_inputs).mask.shape == (4,)
+    for unfoldable in (nn.BatchNorm1d(4), nn.Conv2d(3, 4, 3), nn.Linear(4, 2, bias=False)):
+        assert input_axes(unfoldable) is None  # no bias for a masked input's constant part
+
+
+def test_input_masks_reach_the_head_and_unmatched_patterns_are_refused(tiny_data, adapter3):
+    model = TINY_MODELS["mlp"]()
+    batch = adapter3.collate([tiny_data[i] for i in range(8)])
+    trace = trace_model(model, lambda m: adapter3.forward(m, batch))
+    plain = select_targets(model, trace, "weight_rows", [], [], False)
+    head = trace.order[-1]
+    assert head not in [t.name for t in plain]
+    targets = select_targets(model, trace, "weight_rows", [], [], False, (f"^{head}$",))
+    extra = [t for t in targets if t.name == head]
+    assert len(extra) == 1 and extra[0].units == model.get_submodule(head).in_features and extra[0].depth == len(targets)
+    for unmaskable in ("^nothing$", "^2$"):  # no such layer; a ReLU
+        with pytest.raises(nftkit.ConfigError, match="matched no executed layer whose inputs can be masked"):
+            select_targets(model, trace, "weight_rows", [], [], False, (unmaskable,))
+    with pytest.raises(nftkit.ConfigError, match="input_masks adds neural masks"):
+        nftkit.purify(model, adapter3, tiny_data, method="ft", input_masks=[head], steps=1)
 
 
 def test_same_seed_gives_bit_identical_masks(tiny_data, adapter3):

@@ -180,6 +180,32 @@ def test_bn_recalibrate_leaves_the_statistics_of_the_clean_set(tiny_data, adapte
     assert not torch.allclose(norm.running_mean, inputs.mean(1), atol=1e-3)  # MixUp batches moved them
 
 
+def test_input_masks_pull_a_feature_clean_data_holds_constant_towards_its_mean(tiny_data, adapter3):
+    from nftkit.adapters.image import ImageTensorDataset
+
+    images = tiny_data.images.clone()
+    images[:, 0, 0, 0] = 0.5  # input feature 0 of layer "1": clean data never moves it, a trigger could
+    data = ImageTensorDataset(images, tiny_data.targets)
+    torch.manual_seed(0)
+    model = TINY_MODELS["mlp"]()
+    result = nftkit.purify(model, adapter3, data, method="nft", steps=30, batch_size=8, augment="none",
+                           input_masks=["^1$"], mask_sparsity=0.2, mask_sparsity_inputs_only=True)
+    masks, floor = result.masks["1"], 0.8 * math.exp(-0.5)
+    assert masks.shape == (16 + 64,)  # output units, then input features
+    assert masks[16] == pytest.approx(floor, abs=1e-6)
+    assert (masks[:16] > floor + 0.1).all()  # the pull left the output units alone
+    layer, original = result.model[1], model[1]
+    clean = images[:1].flatten(1)
+    moved = clean.clone()
+    moved[0, 0] += 1.0
+    with torch.no_grad():
+        # a move of feature 0 away from its clean value reaches the layer scaled by its mask
+        expected = masks[16] * masks[:16] * original.weight[:, 0]
+        assert torch.allclose(layer(moved) - layer(clean), expected[None], atol=1e-5)
+    with pytest.raises(nftkit.ConfigError, match="input_masks names no layer"):
+        nftkit.purify(model, adapter3, data, method="nft", steps=1, mask_sparsity=0.2, mask_sparsity_inputs_only=True)
+
+
 def test_mask_sparsity_prunes_a_neuron_clean_data_never_drives(tiny_data, adapter3):
     torch.manual_seed(0)
     model = TINY_MODELS["mlp"]()

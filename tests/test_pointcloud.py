@@ -175,16 +175,16 @@ def test_rsmix_replaces_a_rigid_patch_and_mixes_labels_by_its_size():
 def test_random_clusters_put_one_ball_per_chosen_cloud_at_the_asked_distance():
     data = _clouds(40, points=64)
     g = torch.Generator().manual_seed(0)
-    out = random_clusters(data.points, g, 0.5, (6, 6), (0.05, 0.05), (1.3, 1.4))
+    out, chosen = random_clusters(data.points, g, 0.5, (6, 6), (0.05, 0.05), (1.3, 1.4))
     changed = (out != data.points).any(-1)
-    chosen = changed.any(1)
+    assert torch.equal(chosen, changed.any(1))
     assert 8 < chosen.sum() < 32 and (changed.sum(1)[chosen] == 6).all()
     for cloud, rows in zip(out[chosen], changed[chosen]):
         ball = cloud[rows]
         centre = ball.mean(0)
         assert (ball - centre).norm(dim=-1).max() <= 0.1 and 1.2 < centre.norm() < 1.5
     assert torch.equal(out[~chosen], data.points[~chosen])
-    again = random_clusters(data.points, torch.Generator().manual_seed(0), 0.5, (6, 6), (0.05, 0.05), (1.3, 1.4))
+    again, _ = random_clusters(data.points, torch.Generator().manual_seed(0), 0.5, (6, 6), (0.05, 0.05), (1.3, 1.4))
     assert torch.equal(out, again)
 
 
@@ -197,12 +197,25 @@ def test_defense_clusters_follow_the_mixing_and_keep_the_mixed_labels():
     points, targets = plain.augment(batch, "mix", torch.Generator().manual_seed(0))
     assert torch.equal(points, data.points) and torch.equal(targets, torch.eye(3)[data.targets])
     clusters = PointCloudAdapter(3, plain.cfg.model_copy(update={"cluster_prob": 1.0}))
-    points, targets = clusters.augment(batch, "mix", torch.Generator().manual_seed(0))
+    points, targets, distil_rows = clusters.augment(batch, "mix", torch.Generator().manual_seed(0))
     assert (points != data.points).any(-1).any(1).all() and torch.equal(targets, torch.eye(3)[data.targets])
+    assert not distil_rows.any()  # the input model's answers on the balls are not a target
     basic, _ = clusters.augment(batch, "basic", torch.Generator().manual_seed(0))
     assert torch.equal(basic, data.points)  # victims train on 'basic': the clusters are the defender's only
     with pytest.raises(ValueError, match="cluster_radius"):
         PointDataConfig(cluster_radius=(0.2, 0.1))
+
+
+def test_distillation_skips_the_clouds_that_got_a_ball():
+    adapter = PointCloudAdapter(3)
+    output, reference = torch.randn(4, 3), torch.randn(4, 3)
+    rows = torch.tensor([True, False, True, False])
+    loss = adapter.distillation_loss(output, reference, (None, None, rows), 2.0)
+    assert torch.allclose(loss, adapter.distillation_loss(output[rows], reference[rows], (None, None), 2.0))
+    changed = output.clone()
+    changed[~rows] += 5.0  # what the student does on the balls does not count
+    assert torch.allclose(loss, adapter.distillation_loss(changed, reference, (None, None, rows), 2.0))
+    assert adapter.distillation_loss(output, reference, (None, None, torch.zeros(4, dtype=torch.bool)), 2.0) == 0
 
 
 # ---- attacks --------------------------------------------------------------------------------

@@ -92,8 +92,10 @@ class PointCloudAdapter(SingleLabelAdapter):
             mix = rsmix if c.mix == "rsmix" else partial(point_mixup, assignment=c.assignment)
             points, targets = mix(points, targets, generator, c.mix_alpha)
         if c.cluster_prob > 0:
-            points = random_clusters(points, generator, c.cluster_prob, c.cluster_points, c.cluster_radius,
-                                     c.cluster_distance)
+            points, clustered = random_clusters(points, generator, c.cluster_prob, c.cluster_points,
+                                                c.cluster_radius, c.cluster_distance)
+            # the input model may answer 'target' on a ball that lands on its trigger's place: distil elsewhere
+            return points, targets, ~clustered
         return points, targets
 
     def few_shot(self, data, per_class, generator):

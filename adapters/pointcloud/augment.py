@@ -62,17 +62,18 @@ def ball_points(k: int, radius, generator: torch.Generator, batch: tuple[int, ..
 
 
 def random_clusters(points: torch.Tensor, generator: torch.Generator, prob: float, n_points: tuple[int, int],
-                    radius: tuple[float, float], distance: tuple[float, float]) -> torch.Tensor:
+                    radius: tuple[float, float], distance: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """With probability ``prob`` per cloud, replace random points by a small ball at a random place around
     the object (centre at ``distance`` from the origin in a random direction), labels unchanged. A local
     cluster trigger (PointBA-I, 3DPC-BA) drives units that clean and mixed clouds never reach; random
-    clusters reach them and teach that a cluster off the object carries no class."""
+    clusters reach them and teach that a cluster off the object carries no class. Returns the clouds and
+    which of them (B bools) got a ball."""
     b, n, _ = points.shape
     k = min(n - 1, int(torch.randint(n_points[0], n_points[1] + 1, (1,), generator=generator)))
     centres = F.normalize(torch.randn(b, 1, 3, generator=generator), dim=-1) * _uniform((b, 1, 1), *distance, generator, "cpu")
     balls = ball_points(k, _uniform((b, 1, 1), *radius, generator, "cpu"), generator, batch=(b,))
     chosen = (torch.rand(b, generator=generator) < prob).to(points.device).view(b, 1, 1)
-    return torch.where(chosen, insert_cluster(points, centres + balls, generator), points)
+    return torch.where(chosen, insert_cluster(points, centres + balls, generator), points), chosen.view(b)
 
 
 def sinkhorn_match(a: torch.Tensor, b: torch.Tensor, eps: float = 0.01, iters: int = 50) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""Per-neuron soft masks (NFT Eq. 7-8): one scalar per output unit scales that unit's weights, never its bias."""
+"""Per-neuron soft masks (NFT Eq. 7-8): one scalar per output unit scales that unit's weights, never its bias;
+where asked, one scalar per input feature scales that feature's weights too."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -16,24 +17,63 @@ class MaskRule:
     """Which parameters of a module carry one unit's weights.
 
     ``params`` maps a parameter name to ``(axis, repeats)``: the axis indexing output units, and how
-    many consecutive blocks of units the axis holds (4 for an LSTM's gate-stacked rows).
+    many consecutive blocks of units the axis holds (4 for an LSTM's gate-stacked rows). ``inputs``
+    maps a parameter name to the axis indexing input features, for layers whose inputs get masks too
+    (``input_masks``). One mask vector holds the output units' masks, then the inputs'.
     """
 
     params: dict[str, tuple[int, int]]
+    inputs: dict[str, int] = field(default_factory=dict)
 
-    def units(self, module: nn.Module) -> int:
+    def output_units(self, module: nn.Module) -> int:
+        if not self.params:
+            return 0
         name, (axis, repeats) = next(iter(self.params.items()))
         return getattr(module, name).shape[axis] // repeats
 
-    def scaled(self, module: nn.Module, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def units(self, module: nn.Module) -> int:
+        inputs = next(iter(self.inputs.items()), None)
+        return self.output_units(module) + (getattr(module, inputs[0]).shape[inputs[1]] if inputs else 0)
+
+    def scaled(self, module: nn.Module, mask: torch.Tensor,
+               input_mean: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """The effective parameters. A masked-out input feature tends to ``input_mean`` (its clean mean), not
+        to 0: x' = m x + (1 - m) mean, whose constant part folds into the bias."""
+        split = self.output_units(module)
         out = {}
         for name, (axis, repeats) in self.params.items():
             weight = getattr(module, name)
-            scale = mask.repeat(repeats) if repeats > 1 else mask
-            shape = [1] * weight.dim()
-            shape[axis] = -1
-            out[name] = weight * scale.view(shape)
+            out[name] = weight * _along(mask[:split].repeat(repeats), axis, weight.dim())
+        for name, axis in self.inputs.items():
+            weight, keep = out.get(name, getattr(module, name)), mask[split:]
+            if input_mean is not None:
+                bias = _INPUT_BIAS[name]
+                out[bias] = getattr(module, bias) + weight @ ((1 - keep) * input_mean)
+            out[name] = weight * _along(keep, axis, weight.dim())
         return out
+
+
+# the bias that takes the constant part of a masked input, for each input-masked weight
+_INPUT_BIAS = {"weight": "bias", "weight_ih_l0": "bias_ih_l0"}
+
+
+def _along(scale: torch.Tensor, axis: int, dims: int) -> torch.Tensor:
+    shape = [1] * dims
+    shape[axis] = -1
+    return scale.view(shape)
+
+
+def input_axes(module: nn.Module) -> Optional[dict[str, int]]:
+    """Where ``module``'s input features live, for ``input_masks``; None where a masked input's constant
+    part has no bias to fold into."""
+    if isinstance(module, (nn.LSTM, nn.GRU)) and module.num_layers == 1 and not module.bidirectional and module.bias:
+        return {"weight_ih_l0": 1}
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        return {"weight": 1}
+    return None
+
+
+INPUT_MASKABLE = "Linear with a bias, single-layer one-direction LSTM/GRU with biases"
 
 
 RuleFactory = Callable[[nn.Module, str], Optional[MaskRule]]
@@ -99,18 +139,21 @@ class NeuronMask(Reparameterized):
         super().__init__()
         self.base_layer = base_layer
         self.rule = rule
-        ref = getattr(base_layer, next(iter(rule.params)))
+        ref = getattr(base_layer, next(iter(rule.params or rule.inputs)))
         self.mask = nn.Parameter(torch.ones(rule.units(base_layer), dtype=ref.dtype, device=ref.device))
+        # where the rule masks inputs: their clean mean, what a masked-out input tends to (set by purify)
+        self.register_buffer("input_mean", None)
 
     def forward(self, *args, **kwargs):
-        return functional_call(self.base_layer, self.rule.scaled(self.base_layer, self.mask), args, kwargs)
+        params = self.rule.scaled(self.base_layer, self.mask, self.input_mean)
+        return functional_call(self.base_layer, params, args, kwargs)
 
     def tunable(self) -> list[nn.Parameter]:
         return [self.mask]
 
     @torch.no_grad()
     def fold(self) -> nn.Module:
-        for name, value in self.rule.scaled(self.base_layer, self.mask.detach()).items():
+        for name, value in self.rule.scaled(self.base_layer, self.mask.detach(), self.input_mean).items():
             getattr(self.base_layer, name).copy_(value)
         return self.base_layer
 
