@@ -115,7 +115,7 @@ def _targets(model: nn.Module, trace, cfg: PurifyConfig, reparam: str) -> list[T
         targets = [t for t in targets if list(t.rule.params.items()) == [("weight", (0, 1))]]
     else:
         targets = select_targets(model, trace, cfg.placement, cfg.include, cfg.exclude, cfg.mask_classifier,
-                                 tuple(cfg.input_masks))
+                                 cfg.input_masks)
     if not targets:
         raise ConfigError("no layer matched for re-parameterization; loosen 'include'/'exclude' or set mask_classifier=true")
     return targets

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .errors import ConfigError, ModelError
-from .reparam.neuron_mask import INPUT_MASKABLE, MaskRule, input_axes, is_batchnorm, mask_rule
+from .reparam.neuron_mask import INPUT_MASKABLE, MaskRule, input_params, is_batchnorm, mask_rule
 
 
 @dataclass
@@ -68,12 +68,12 @@ def trace_model(model: nn.Module, run_forward: Callable[[nn.Module], object]) ->
     return Trace(order, feeds_norm)
 
 
-def matches_any(name: str, patterns: list[str]) -> bool:
+def matches_any(name: str, patterns: Sequence[str]) -> bool:
     return any(re.search(p, name) for p in patterns)
 
 
 def select_targets(model: nn.Module, trace: Trace, placement: str, include: list[str], exclude: list[str],
-                   mask_classifier: bool, input_masks: tuple[str, ...] = ()) -> list[Target]:
+                   mask_classifier: bool, input_masks: Sequence[str] = ()) -> list[Target]:
     """Layers that get one mask per output unit (and per input feature where ``input_masks`` matches),
     with their depth index l = 1..L."""
     head = None if mask_classifier else classifier_name(model, trace)
@@ -86,7 +86,7 @@ def select_targets(model: nn.Module, trace: Trace, placement: str, include: list
             rule = None
         if rule is not None and (include and not matches_any(name, include) or exclude and matches_any(name, exclude)):
             rule = None
-        inputs = input_axes(module) if matches_any(name, list(input_masks)) else None
+        inputs = input_params(module) if matches_any(name, input_masks) else None
         if inputs:
             rule = MaskRule(rule.params if rule is not None else {}, inputs)
         if rule is not None:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import nftkit
 from nftkit.purify import _wrap
 from nftkit.reparam import NeuronMask, fold_all
-from nftkit.reparam.neuron_mask import MaskRule, input_axes
+from nftkit.reparam.neuron_mask import MaskRule, input_params
 from nftkit.schedules import lower_bounds
 from nftkit.targeting import select_targets, trace_model
 
@@ -150,7 +150,7 @@ def test_lstm_units_masked_in_every_gate():
 
 def test_input_masks_scale_input_columns_and_fold_exactly():
     lstm = nn.LSTM(3, 5, batch_first=True)
-    rule = MaskRule(nftkit.reparam.mask_rule(lstm, "bn_gamma").params, input_axes(lstm))
+    rule = MaskRule(nftkit.reparam.mask_rule(lstm, "bn_gamma").params, input_params(lstm))
     assert rule.units(lstm) == 5 + 3  # hidden units, then input features
     wrapper = NeuronMask(copy.deepcopy(lstm), rule)
     x = torch.rand(2, 4, 3)
@@ -169,11 +169,11 @@ def test_input_masks_scale_input_columns_and_fold_exactly():
         folded = wrapper.fold()
         assert torch.allclose(folded(x)[0], expected, atol=1e-6)
     head = nn.Linear(4, 2)
-    only_inputs = MaskRule({}, input_axes(head))
+    only_inputs = MaskRule({}, input_params(head))
     assert only_inputs.units(head) == 4 and only_inputs.output_units(head) == 0
     assert NeuronMask(head, only_inputs).mask.shape == (4,)
     for unfoldable in (nn.BatchNorm1d(4), nn.Conv2d(3, 4, 3), nn.Linear(4, 2, bias=False)):
-        assert input_axes(unfoldable) is None  # no bias for a masked input's constant part
+        assert input_params(unfoldable) is None  # no bias for a masked input's constant part
 
 
 def test_input_masks_reach_the_head_and_unmatched_patterns_are_refused(tiny_data, adapter3):

@@ -18,12 +18,13 @@ class MaskRule:
 
     ``params`` maps a parameter name to ``(axis, repeats)``: the axis indexing output units, and how
     many consecutive blocks of units the axis holds (4 for an LSTM's gate-stacked rows). ``inputs``
-    maps a parameter name to the axis indexing input features, for layers whose inputs get masks too
-    (``input_masks``). One mask vector holds the output units' masks, then the inputs'.
+    maps a 2-D weight whose columns are input features to the bias that takes a masked input's constant
+    part, for layers whose inputs get masks too (``input_masks``). One mask vector holds the output
+    units' masks, then the inputs'.
     """
 
     params: dict[str, tuple[int, int]]
-    inputs: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def output_units(self, module: nn.Module) -> int:
         if not self.params:
@@ -32,8 +33,8 @@ class MaskRule:
         return getattr(module, name).shape[axis] // repeats
 
     def units(self, module: nn.Module) -> int:
-        inputs = next(iter(self.inputs.items()), None)
-        return self.output_units(module) + (getattr(module, inputs[0]).shape[inputs[1]] if inputs else 0)
+        weight = next(iter(self.inputs), None)
+        return self.output_units(module) + (getattr(module, weight).shape[1] if weight else 0)
 
     def scaled(self, module: nn.Module, mask: torch.Tensor,
                input_mean: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
@@ -44,17 +45,12 @@ class MaskRule:
         for name, (axis, repeats) in self.params.items():
             weight = getattr(module, name)
             out[name] = weight * _along(mask[:split].repeat(repeats), axis, weight.dim())
-        for name, axis in self.inputs.items():
+        for name, bias in self.inputs.items():
             weight, keep = out.get(name, getattr(module, name)), mask[split:]
             if input_mean is not None:
-                bias = _INPUT_BIAS[name]
                 out[bias] = getattr(module, bias) + weight @ ((1 - keep) * input_mean)
-            out[name] = weight * _along(keep, axis, weight.dim())
+            out[name] = weight * keep
         return out
-
-
-# the bias that takes the constant part of a masked input, for each input-masked weight
-_INPUT_BIAS = {"weight": "bias", "weight_ih_l0": "bias_ih_l0"}
 
 
 def _along(scale: torch.Tensor, axis: int, dims: int) -> torch.Tensor:
@@ -63,13 +59,13 @@ def _along(scale: torch.Tensor, axis: int, dims: int) -> torch.Tensor:
     return scale.view(shape)
 
 
-def input_axes(module: nn.Module) -> Optional[dict[str, int]]:
-    """Where ``module``'s input features live, for ``input_masks``; None where a masked input's constant
-    part has no bias to fold into."""
+def input_params(module: nn.Module) -> Optional[dict[str, str]]:
+    """For ``input_masks``: the weight whose columns are ``module``'s input features, and the bias that
+    takes a masked input's constant part; None where there is no such bias."""
     if isinstance(module, (nn.LSTM, nn.GRU)) and module.num_layers == 1 and not module.bidirectional and module.bias:
-        return {"weight_ih_l0": 1}
+        return {"weight_ih_l0": "bias_ih_l0"}
     if isinstance(module, nn.Linear) and module.bias is not None:
-        return {"weight": 1}
+        return {"weight": "bias"}
     return None
 
 
