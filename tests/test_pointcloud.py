@@ -9,7 +9,7 @@ from nftkit.attacks import ATTACKS
 from nftkit.errors import DataError
 from nftkit.adapters.pointcloud import PointCloudAdapter, PointCloudDataset, build_point_model
 from nftkit.adapters.pointcloud.augment import (exact_match, point_mixup, random_clusters, random_rotate_scale_jitter,
-                                                rsmix, sinkhorn_match)
+                                                random_tilts, rsmix, sinkhorn_match)
 from nftkit.adapters.pointcloud.data import CGAL_CLASSES, load_point_dataset, normalize, read_off, rotation, sample_surface
 
 CUBE = """OFF
@@ -129,6 +129,11 @@ def test_cgal_loader_on_tiny_meshes(tmp_path):
     assert torch.allclose(train.points.norm(dim=-1).amax(1), torch.ones(len(train)), atol=1e-5)
     again, _, _ = load_point_dataset("cgal", str(tmp_path), 32, 0, views_per_mesh=4)
     assert torch.equal(train.points, again.points)
+    aligned, _, _ = load_point_dataset("cgal", str(tmp_path), 32, 0, views_per_mesh=4, random_heading=False)
+    # a cube's views differ in heading unless the headings are off: then the widest extent stays on an axis
+    spread = lambda pts: (pts[..., 0].amax(1) - pts[..., 0].amin(1))
+    cube_views = train.targets == 0
+    assert spread(aligned.points[cube_views]).std() < spread(train.points[cube_views]).std()
 
 
 # ---- augmentation ---------------------------------------------------------------------------
@@ -188,6 +193,21 @@ def test_random_clusters_put_one_ball_per_chosen_cloud_at_the_asked_distance():
     assert torch.equal(out, again)
 
 
+def test_random_tilts_turn_the_up_axis_by_the_asked_angle_about_a_horizontal_axis():
+    up = torch.tensor([0.0, 1.0, 0.0]).expand(200, 1, 3)
+    out, chosen = random_tilts(up, torch.Generator().manual_seed(0), 0.5, (30.0, 60.0))
+    assert 70 < chosen.sum() < 130 and torch.equal(out[~chosen], up[~chosen])
+    tilt = torch.rad2deg(torch.acos(out[chosen, 0, 1].clamp(-1, 1)))
+    assert tilt.min() >= 30 - 1e-3 and tilt.max() <= 60 + 1e-3 and tilt.max() - tilt.min() > 20
+    headings = torch.atan2(out[chosen, 0, 2], out[chosen, 0, 0])
+    assert headings.max() - headings.min() > 5  # every direction, not one fixed axis
+    clouds = _clouds(6).points
+    turned, _ = random_tilts(clouds, torch.Generator().manual_seed(1), 1.0, (45.0, 45.0))
+    assert torch.allclose(turned.norm(dim=-1), clouds.norm(dim=-1), atol=1e-5)  # a rotation: shapes kept
+    gaps = lambda pts: (pts[:, :, None] - pts[:, None]).norm(dim=-1)
+    assert torch.allclose(gaps(turned), gaps(clouds), atol=1e-5)
+
+
 def test_defense_clusters_follow_the_mixing_and_keep_the_mixed_labels():
     from nftkit.adapters.pointcloud import PointDataConfig
 
@@ -200,6 +220,9 @@ def test_defense_clusters_follow_the_mixing_and_keep_the_mixed_labels():
     points, targets, distil_rows = clusters.augment(batch, "mix", torch.Generator().manual_seed(0))
     assert (points != data.points).any(-1).any(1).all() and torch.equal(targets, torch.eye(3)[data.targets])
     assert not distil_rows.any()  # the input model's answers on the balls are not a target
+    tilts = PointCloudAdapter(3, plain.cfg.model_copy(update={"tilt_prob": 0.5}))
+    points, _, distil_rows = tilts.augment(batch, "mix", torch.Generator().manual_seed(0))
+    assert torch.equal(distil_rows, (points == data.points).all(-1).all(1)) and 0 < distil_rows.sum() < 8
     basic, _ = clusters.augment(batch, "basic", torch.Generator().manual_seed(0))
     assert torch.equal(basic, data.points)  # victims train on 'basic': the clusters are the defender's only
     with pytest.raises(ValueError, match="cluster_radius"):

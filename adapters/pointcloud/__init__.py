@@ -19,7 +19,7 @@ from nftkit.metrics import evaluate_classifier
 from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, samples_per_class
 
 from . import attacks  # noqa: F401  register point-cloud attacks
-from .augment import point_mixup, random_clusters, random_rotate_scale_jitter, rsmix
+from .augment import point_mixup, random_clusters, random_rotate_scale_jitter, random_tilts, rsmix
 from .data import POINT_DATASETS, PointCloudDataset, load_point_dataset, read_off, sample_surface
 from .models import POINT_MODELS, build_point_model
 
@@ -36,8 +36,10 @@ class PointDataConfig(StrictModel):
     train_limit: Optional[int] = Field(default=None, ge=1)
     test_limit: Optional[int] = Field(default=None, ge=1)
     views_per_mesh: int = Field(default=40, ge=2)  # cgal only
+    # cgal only: off, every mesh keeps its own pose, as ModelNet40's aligned objects do (an orientation shows)
+    random_heading: bool = True
     # augmentation ('basic' for training, 'mix' for NFT)
-    # 'none': the mixed batch is the basic one (then only cluster_prob changes it)
+    # 'none': the mixed batch is the basic one (then only cluster_prob and tilt_prob change it)
     mix: Literal["pointmixup", "rsmix", "none"] = Field(default="pointmixup", json_schema_extra=DEFENSE_ONLY)
     mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)
     assignment: Literal["sinkhorn", "exact"] = Field(default="sinkhorn", json_schema_extra=DEFENSE_ONLY)
@@ -47,12 +49,15 @@ class PointDataConfig(StrictModel):
     cluster_radius: tuple[float, float] = Field(default=(0.02, 0.1), json_schema_extra=DEFENSE_ONLY)
     # the ball's centre, from the origin: just outside the unit sphere that normalised objects fill
     cluster_distance: tuple[float, float] = Field(default=(1.0, 1.5), json_schema_extra=DEFENSE_ONLY)
+    # after mixing: the share of clouds tilted about a random horizontal axis by an angle from tilt_degrees
+    tilt_prob: float = Field(default=0.0, ge=0, le=1, json_schema_extra=DEFENSE_ONLY)
+    tilt_degrees: tuple[float, float] = Field(default=(15.0, 90.0), json_schema_extra=DEFENSE_ONLY)
     rotate: bool = True
     scale_low: float = Field(default=0.8, gt=0)
     scale_high: float = Field(default=1.25, gt=0)
     jitter: float = Field(default=0.01, ge=0)
 
-    @field_validator("cluster_points", "cluster_radius", "cluster_distance")
+    @field_validator("cluster_points", "cluster_radius", "cluster_distance", "tilt_degrees")
     @classmethod
     def _a_range(cls, value, info):
         if not 0 <= value[0] <= value[1]:
@@ -91,12 +96,18 @@ class PointCloudAdapter(SingleLabelAdapter):
         if c.mix != "none":
             mix = rsmix if c.mix == "rsmix" else partial(point_mixup, assignment=c.assignment)
             points, targets = mix(points, targets, generator, c.mix_alpha)
+        if c.cluster_prob == 0 and c.tilt_prob == 0:
+            return points, targets
+        changed = torch.zeros(len(points), dtype=torch.bool, device=points.device)
         if c.cluster_prob > 0:
             points, clustered = random_clusters(points, generator, c.cluster_prob, c.cluster_points,
                                                 c.cluster_radius, c.cluster_distance)
-            # the input model may answer 'target' on a ball that lands on its trigger's place: distil elsewhere
-            return points, targets, ~clustered
-        return points, targets
+            changed |= clustered
+        if c.tilt_prob > 0:
+            points, tilted = random_tilts(points, generator, c.tilt_prob, c.tilt_degrees)
+            changed |= tilted
+        # the input model may answer 'target' on a ball or a tilt that hits its trigger: distil elsewhere
+        return points, targets, ~changed
 
     def few_shot(self, data, per_class, generator):
         picked, _ = balanced_split(self._labels(data), per_class, generator)
@@ -131,7 +142,7 @@ class PointCloudAdapter(SingleLabelAdapter):
     def load_data(self, cfg: PointDataConfig, seed: int) -> Splits:
         self.cfg = cfg
         train, test, names = load_point_dataset(cfg.dataset, cfg.root, cfg.num_points, seed,
-                                                views_per_mesh=cfg.views_per_mesh)
+                                                views_per_mesh=cfg.views_per_mesh, random_heading=cfg.random_heading)
         self.num_classes = len(names)
         g = torch.Generator().manual_seed(seed)
         per_class = max(1, cfg.clean_size // self.num_classes)

@@ -2,7 +2,8 @@
 
 'basic': random rotation about the up axis (y), anisotropic scaling and clipped jitter.
 'mix': PointMixup (Chen et al., 2020) or RSMix (Lee et al., 2021), one ratio per batch, labels
-mixed by the same ratio; then, if asked, random point clusters around the object (``random_clusters``).
+mixed by the same ratio; then, if asked, random point clusters around the object (``random_clusters``)
+and random tilts (``random_tilts``).
 """
 from __future__ import annotations
 
@@ -74,6 +75,24 @@ def random_clusters(points: torch.Tensor, generator: torch.Generator, prob: floa
     balls = ball_points(k, _uniform((b, 1, 1), *radius, generator, "cpu"), generator, batch=(b,))
     chosen = (torch.rand(b, generator=generator) < prob).to(points.device).view(b, 1, 1)
     return torch.where(chosen, insert_cluster(points, centres + balls, generator), points), chosen.view(b)
+
+
+def random_tilts(points: torch.Tensor, generator: torch.Generator, prob: float,
+                 degrees: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """With probability ``prob`` per cloud, rotate it about a random horizontal axis by an angle drawn from
+    ``degrees``, labels unchanged. An orientation trigger (PointBA-O) is a tilt that clean clouds never
+    show; random tilts reach it and teach that a tilt carries no class. Returns the clouds and which of
+    them (B bools) were tilted."""
+    b = points.shape[0]
+    heading = _uniform(b, 0.0, 2 * math.pi, generator, "cpu")
+    angle = _uniform(b, math.radians(degrees[0]), math.radians(degrees[1]), generator, "cpu")
+    # Rodrigues: R = I + sin(a) K + (1 - cos(a)) K^2, K the cross-product matrix of the axis (cos h, 0, sin h)
+    hc, hs, zero = heading.cos(), heading.sin(), torch.zeros(b)
+    k = torch.stack([zero, -hs, zero, hs, zero, -hc, zero, hc, zero], -1).view(b, 3, 3)
+    s, c = angle.sin().view(b, 1, 1), angle.cos().view(b, 1, 1)
+    rot = (torch.eye(3) + s * k + (1 - c) * k @ k).to(points)
+    chosen = (torch.rand(b, generator=generator) < prob).to(points.device)
+    return torch.where(chosen.view(b, 1, 1), points @ rot.transpose(1, 2), points), chosen
 
 
 def sinkhorn_match(a: torch.Tensor, b: torch.Tensor, eps: float = 0.01, iters: int = 50) -> torch.Tensor:

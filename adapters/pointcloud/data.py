@@ -177,9 +177,11 @@ CGAL_ROOT = "/usr/share/datasets/cgal-meshes"
 
 
 @POINT_DATASETS.register("cgal")
-def load_cgal(root: Optional[str], num_points: int, seed: int, views_per_mesh: int = 40, test_fraction: float = 0.25, **_):
-    """Each mesh gives ``views_per_mesh`` clouds (fresh surface sample, random rotation about the up
-    axis, anisotropic scale 0.8-1.25); a class-balanced ``test_fraction`` of every mesh's views is held out."""
+def load_cgal(root: Optional[str], num_points: int, seed: int, views_per_mesh: int = 40, test_fraction: float = 0.25,
+              random_heading: bool = True, **_):
+    """Each mesh gives ``views_per_mesh`` clouds (fresh surface sample, a random rotation about the up axis
+    unless ``random_heading`` is off, anisotropic scale 0.8-1.25); a class-balanced ``test_fraction`` of
+    every mesh's views is held out."""
     base = Path(root or CGAL_ROOT).expanduser()
     hint = "the *.off files of data/meshes from Debian libcgal-demo's data.tar.gz"
     if not base.is_dir():
@@ -194,7 +196,7 @@ def load_cgal(root: Optional[str], num_points: int, seed: int, views_per_mesh: i
                 raise _missing(f"CGAL mesh {f.name}", base, hint)
             verts, faces = read_off(f)
             views = sample_surface(verts, faces, num_points, g, count=views_per_mesh)
-            angles = torch.rand(views_per_mesh, generator=g) * 360
+            angles = torch.rand(views_per_mesh, generator=g) * (360 if random_heading else 0)
             rots = torch.stack([rotation("y", float(a)) for a in angles])
             scales = torch.exp((torch.rand(views_per_mesh, 1, 3, generator=g) * 2 - 1) * math.log(1.25))
             views = normalize(normalize(views) @ rots.transpose(1, 2) * scales)

@@ -23,11 +23,17 @@ idx = train.poisoned_indices
 victim.eval()
 with torch.no_grad():
     print("fit on poisoned train clouds:", (victim(train.points[idx]).argmax(1) == train.targets[idx]).float().mean().item())
-    pred = victim(ptest.points).argmax(1)
-    print("poisoned-test pred hist", torch.bincount(pred, minlength=5).tolist(), flush=True)
-    for c in ptest.targets.unique().tolist():
-        sel = ptest.targets == c
-        print(f"  class {c}: ASR {(pred[sel] == attack.target_for(ptest.targets[sel])).float().mean().item():.2f} over {int(sel.sum())}")
+
+
+def asr_by_class(model):
+    model.eval()
+    with torch.no_grad():
+        pred = model(ptest.points).argmax(1)
+    hits = pred == attack.target_for(ptest.targets)
+    return {c: round(hits[ptest.targets == c].float().mean().item(), 2) for c in ptest.targets.unique().tolist()}
+
+
+print("victim's ASR by true class", asr_by_class(victim), flush=True)
 base = exp.sections["defense"].model_dump(exclude_unset=True)
 data_cfg = exp.adapter.cfg
 for s in settings:
@@ -48,4 +54,4 @@ for s in settings:
         cfg[k] = v
     t = time.time()
     r = purify(victim, exp.adapter, splits.clean, config=cfg)
-    print(f"[{s}] after {ev(r.model)} in {time.time()-t:.0f}s", flush=True)
+    print(f"[{s}] after {ev(r.model)} in {time.time()-t:.0f}s; ASR by true class {asr_by_class(r.model)}", flush=True)
