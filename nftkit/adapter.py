@@ -86,6 +86,14 @@ class Adapter:
         raise NotImplementedError(f"{type(self).__name__} gives no distillation loss; distill_weight needs "
                                   "distillation_loss(output, reference, batch, temperature)")
 
+    def aimed(self, model: nn.Module, data: Dataset, kind: str, device: torch.device,
+              generator: torch.Generator) -> "Adapter":
+        """The adapter that augments one run of the loop with augmentation ``kind``, given the input model
+        and the clean set; called once before training. An adapter whose defense augmentation should go
+        where the input model reacts most (where a trigger may sit) returns a copy that aims it there. By
+        default the same adapter."""
+        return self
+
     def check_data(self, data: Dataset) -> None:
         """Raise :class:`DataError` naming the problem and the fix if ``data`` cannot be a clean set."""
         if len(data) == 0:

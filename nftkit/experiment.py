@@ -178,7 +178,8 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
     parts of the page say they were not recorded."""
     results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
                "runtime_s": result.runtime_s, "victim": victim, "data": info,
-               "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "depth": t.depth} for t in result.targets]}
+               "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "input_units": t.input_units, "depth": t.depth}
+                           for t in result.targets]}
     if result.info:
         results["method_info"] = result.info
     write_yaml(stage / "resolved.yaml", resolved)

@@ -158,6 +158,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     probe = adapter.to_device(adapter.collate([data[i] for i in range(min(len(data), 8))]), device)
     trace = trace_model(work, lambda m: adapter.forward(m, probe))
     start = time.perf_counter()  # a method's preparation (a projection, a Fisher pass) is part of its runtime
+    adapter = adapter.aimed(work, data, cfg.augment, device, generator)
     info: dict[str, Any] = {}
     if cfg.project_first:
         layers = projected_layers(work, trace.order, cfg.include, cfg.exclude)

@@ -40,8 +40,11 @@ def render_report(results: dict[str, Any], purified) -> str:
         cfg = purified.config
         bounds = lower_bounds(cfg.schedule, [t.depth for t in purified.targets], cfg.alpha, cfg.beta)
         for t, low in zip(purified.targets, bounds):
-            m = purified.masks[t.name]
-            lines.append(f"| {t.depth} | `{t.name}` ({t.kind}) | {t.units} | {low:.3f} | {m.min():.3f} | {m.mean():.3f} |")
+            split = t.units - t.input_units
+            mask = purified.masks[t.name]
+            for label, m in ((f"`{t.name}` ({t.kind})", mask[:split]), (f"`{t.name}` ({t.kind}) inputs", mask[split:])):
+                if len(m):
+                    lines.append(f"| {t.depth} | {label} | {len(m)} | {low:.3f} | {m.min():.3f} | {m.mean():.3f} |")
     lines += ["", "Files: `results.json`, `resolved.yaml` (the full config of this run), `model.safetensors` "
               "(purified weights, original keys), `masks.safetensors`, `history.json` (per-step loss).", ""]
     return "\n".join(lines)

@@ -193,6 +193,22 @@ def test_input_masks_reach_the_head_and_unmatched_patterns_are_refused(tiny_data
         nftkit.purify(model, adapter3, tiny_data, method="ft", input_masks=[head], steps=1)
 
 
+def test_the_report_shows_output_and_input_masks_of_a_layer_as_two_rows(tiny_data, adapter3):
+    from nftkit.report import render_report
+
+    model = TINY_MODELS["mlp"]()
+    first = next(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    layer = model.get_submodule(first)
+    result = nftkit.purify(model, adapter3, tiny_data, input_masks=[f"^{first}$"], steps=1, batch_size=8)
+    target = next(t for t in result.targets if t.name == first)
+    assert (target.units, target.input_units) == (layer.out_features + layer.in_features, layer.in_features)
+    results = {"before": {"acc": 1.0}, "after": {"acc": 1.0}, "recipe": "r", "method": "nft", "runtime_s": 0.0,
+               "data": {}, "victim": {}}
+    rows = [r for r in render_report(results, result).splitlines() if f"`{first}` " in r]
+    assert [r.split("|")[3].strip() for r in rows] == [str(layer.out_features), str(layer.in_features)]
+    assert rows[1].split("|")[2].strip().endswith("inputs")
+
+
 def test_same_seed_gives_bit_identical_masks(tiny_data, adapter3):
     runs = []
     for _ in range(2):

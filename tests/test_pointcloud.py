@@ -8,8 +8,9 @@ import nftkit
 from nftkit.attacks import ATTACKS
 from nftkit.errors import DataError
 from nftkit.adapters.pointcloud import PointCloudAdapter, PointCloudDataset, build_point_model
-from nftkit.adapters.pointcloud.augment import (exact_match, point_mixup, random_clusters, random_rotate_scale_jitter,
-                                                random_tilts, rsmix, sinkhorn_match)
+from nftkit.adapters.pointcloud.augment import (Aim, exact_match, point_mixup, random_clusters,
+                                                random_rotate_scale_jitter, random_tilts, reactive_directions,
+                                                reactive_tilts, rsmix, sinkhorn_match, sphere_directions)
 from nftkit.adapters.pointcloud.data import CGAL_CLASSES, load_point_dataset, normalize, read_off, rotation, sample_surface
 
 CUBE = """OFF
@@ -206,6 +207,69 @@ def test_random_tilts_turn_the_up_axis_by_the_asked_angle_about_a_horizontal_axi
     assert torch.allclose(turned.norm(dim=-1), clouds.norm(dim=-1), atol=1e-5)  # a rotation: shapes kept
     gaps = lambda pts: (pts[:, :, None] - pts[:, None]).norm(dim=-1)
     assert torch.allclose(gaps(turned), gaps(clouds), atol=1e-5)
+
+
+class _AnswersToAPointHighUp(torch.nn.Module):
+    """Class 1 when some point is higher than 1.2, else class 0: a backdoor on a place straight up."""
+
+    def forward(self, points):
+        high = (points[..., 1].amax(1) - 1.2).clamp_min(0) * 100
+        return torch.stack([torch.zeros_like(high) + 0.5, high], -1)
+
+
+def test_reactive_directions_find_where_a_ball_changes_the_answers():
+    directions = sphere_directions(64)
+    assert torch.allclose(directions.norm(dim=-1), torch.ones(64), atol=1e-5)
+    assert (directions @ directions.T - 2 * torch.eye(64)).amax() < 0.97  # no two nearly the same
+    clouds = _clouds(12).points
+    found, changed = reactive_directions(_AnswersToAPointHighUp(), clouds, 64, 8, 0.05, 1.3, torch.Generator().manual_seed(0))
+    assert torch.equal(found, directions)
+    assert changed[directions[:, 1] > 0.97].min() == 1 and changed[directions[:, 1] < 0.9].max() == 0
+
+
+class _AnswersToATiltTowardsX(torch.nn.Module):
+    """Class 1 when some point lies beyond x = 0.6: for a stick standing on the origin, a tilt towards +x."""
+
+    def forward(self, points):
+        far = (points[..., 0].amax(1) - 0.6).clamp_min(0) * 100
+        return torch.stack([torch.zeros_like(far) + 0.5, far], -1)
+
+
+def test_reactive_tilts_find_the_tilt_that_pulls_and_aimed_tilts_turn_the_up_axis_there():
+    sticks = torch.zeros(6, 16, 3)
+    sticks[..., 1] = torch.linspace(0, 1, 16)
+    directions, pulled = reactive_tilts(_AnswersToATiltTowardsX(), sticks, 64, (15.0, 90.0))
+    tilt = torch.rad2deg(torch.acos(directions[:, 1]))
+    assert tilt.min() >= 15 and tilt.max() <= 90 and len(directions) < 64
+    assert pulled.max() == 1 and (directions[pulled > 0, 0] > 0.6).all() and pulled[directions[:, 0] < 0.6].max() == 0
+    aim = Aim(torch.tensor([[1.0, 0.0, 0.0]]), torch.ones(1), share=1.0, spread=0.0)
+    up = torch.tensor([0.0, 1.0, 0.0]).expand(8, 1, 3)
+    out, _ = random_tilts(up, torch.Generator().manual_seed(0), 1.0, (15.0, 90.0), aim)
+    assert torch.allclose(out[:, 0], torch.tensor([1.0, 0.0, 0.0]).expand(8, 3), atol=1e-5)
+
+
+def test_aimed_balls_go_near_the_reactive_place_and_the_input_adapter_is_untouched():
+    from nftkit.adapters.pointcloud import PointDataConfig
+
+    up = torch.tensor([[0.0, 1.0, 0.0]])
+    clouds = _clouds(200, points=32).points * 0.5  # well inside the unit sphere: the ball's points stand out
+    aim = Aim(up, torch.ones(1), share=1.0, spread=0.1)
+    out, chosen = random_clusters(clouds, torch.Generator().manual_seed(0), 1.0, (6, 6), (0.02, 0.02), (1.3, 1.3), aim)
+    far = out.norm(dim=-1) > 0.9
+    centres = (out * far[..., None]).sum(1) / far.sum(1, keepdim=True)
+    assert chosen.all() and (torch.nn.functional.normalize(centres, dim=-1) @ up.T).min() > 0.8
+    adapter = PointCloudAdapter(2, PointDataConfig(mix="none", cluster_prob=0.5, cluster_aim=0.5, cluster_points=(8, 8),
+                                                   cluster_radius=(0.05, 0.05), cluster_distance=(1.3, 1.3)))
+    data = _clouds(12)
+    aimed = adapter.aimed(_AnswersToAPointHighUp(), data, "mix", torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert adapter.ball_aim is None and aimed is not adapter and aimed.ball_aim.share == 0.5
+    assert (aimed.ball_aim.directions[aimed.ball_aim.weights > 0] @ up.T).min() > 0.9  # only near straight up
+    plain = PointCloudAdapter(2, adapter.cfg.model_copy(update={"cluster_aim": 0.0}))
+    assert plain.aimed(_AnswersToAPointHighUp(), data, "mix", torch.device("cpu"), torch.Generator()) is plain
+    # victims and surrogates train on 'basic': their training is not aimed, and their random stream unchanged
+    generator = torch.Generator().manual_seed(0)
+    assert adapter.aimed(_AnswersToAPointHighUp(), data, "basic", torch.device("cpu"), generator) is adapter
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
 
 
 def test_defense_clusters_follow_the_mixing_and_keep_the_mixed_labels():

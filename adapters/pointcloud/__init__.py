@@ -2,6 +2,7 @@
 PointBA-I/O and 3DPC-BA attacks, ACC/ASR/LCR."""
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Literal, Optional
 
@@ -19,7 +20,8 @@ from nftkit.metrics import evaluate_classifier
 from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, samples_per_class
 
 from . import attacks  # noqa: F401  register point-cloud attacks
-from .augment import point_mixup, random_clusters, random_rotate_scale_jitter, random_tilts, rsmix
+from .augment import (Aim, point_mixup, random_clusters, random_rotate_scale_jitter, random_tilts,
+                      reactive_directions, reactive_tilts, rsmix)
 from .data import POINT_DATASETS, PointCloudDataset, load_point_dataset, read_off, sample_surface
 from .models import POINT_MODELS, build_point_model
 
@@ -49,9 +51,15 @@ class PointDataConfig(StrictModel):
     cluster_radius: tuple[float, float] = Field(default=(0.02, 0.1), json_schema_extra=DEFENSE_ONLY)
     # the ball's centre, from the origin: just outside the unit sphere that normalised objects fill
     cluster_distance: tuple[float, float] = Field(default=(1.0, 1.5), json_schema_extra=DEFENSE_ONLY)
+    # the share of balls put near the places where a ball pulls the most clean clouds to one class under the
+    # input model, found by trying aim_directions even directions before training (0 = every ball uniform)
+    cluster_aim: float = Field(default=0.0, ge=0, le=1, json_schema_extra=DEFENSE_ONLY)
+    aim_directions: int = Field(default=64, ge=1, json_schema_extra=DEFENSE_ONLY)
     # after mixing: the share of clouds tilted about a random horizontal axis by an angle from tilt_degrees
     tilt_prob: float = Field(default=0.0, ge=0, le=1, json_schema_extra=DEFENSE_ONLY)
     tilt_degrees: tuple[float, float] = Field(default=(15.0, 90.0), json_schema_extra=DEFENSE_ONLY)
+    # the same for tilts: the share turning the up axis near where a tilt pulls the most clouds to one class
+    tilt_aim: float = Field(default=0.0, ge=0, le=1, json_schema_extra=DEFENSE_ONLY)
     rotate: bool = True
     scale_low: float = Field(default=0.8, gt=0)
     scale_high: float = Field(default=1.25, gt=0)
@@ -71,6 +79,12 @@ class PointModelConfig(StrictModel):
     centres: Optional[list[int]] = None  # PointNet++ centres per sampled level (default 512, 128)
 
 
+def _aim_at_most_pulled(directions: torch.Tensor, pulled: torch.Tensor, share: float) -> Aim:
+    """Aim at the eighth of ``directions`` that pull the most clouds to one class; where none pulls any, stay uniform."""
+    weights = pulled * (pulled >= pulled.quantile(0.875))
+    return Aim(directions, weights if weights.sum() > 0 else torch.ones(len(pulled)), share)
+
+
 @register_adapter("pointcloud")
 class PointCloudAdapter(SingleLabelAdapter):
     """Single-label point-cloud classification; batches are ``(points B x N x 3, labels B)``."""
@@ -82,6 +96,8 @@ class PointCloudAdapter(SingleLabelAdapter):
         self.num_classes = num_classes
         self.cfg = cfg or PointDataConfig()
         self.info: dict = {}
+        self.ball_aim: Optional[Aim] = None  # set on the copy aimed() returns
+        self.tilt_aim: Optional[Aim] = None
 
     # ---- engine-facing -------------------------------------------------------------------
     def augment(self, batch, kind, generator):
@@ -101,13 +117,29 @@ class PointCloudAdapter(SingleLabelAdapter):
         changed = torch.zeros(len(points), dtype=torch.bool, device=points.device)
         if c.cluster_prob > 0:
             points, clustered = random_clusters(points, generator, c.cluster_prob, c.cluster_points,
-                                                c.cluster_radius, c.cluster_distance)
+                                                c.cluster_radius, c.cluster_distance, self.ball_aim)
             changed |= clustered
         if c.tilt_prob > 0:
-            points, tilted = random_tilts(points, generator, c.tilt_prob, c.tilt_degrees)
+            points, tilted = random_tilts(points, generator, c.tilt_prob, c.tilt_degrees, self.tilt_aim)
             changed |= tilted
         # the input model may answer 'target' on a ball or a tilt that hits its trigger: distil elsewhere
         return points, targets, ~changed
+
+    def aimed(self, model, data, kind, device, generator):
+        c = self.cfg
+        balls, tilts = c.cluster_prob > 0 and c.cluster_aim > 0, c.tilt_prob > 0 and c.tilt_aim > 0
+        if kind != "mix" or not (balls or tilts):  # balls and tilts are the defense's 'mix' augmentation only
+            return self
+        clouds = self.collate([data[i] for i in range(len(data))])[0].to(device)
+        aimed = copy.copy(self)
+        if balls:
+            found = reactive_directions(model, clouds, c.aim_directions, round(sum(c.cluster_points) / 2),
+                                        sum(c.cluster_radius) / 2, sum(c.cluster_distance) / 2, generator)
+            aimed.ball_aim = _aim_at_most_pulled(*found, c.cluster_aim)
+        if tilts:
+            aimed.tilt_aim = _aim_at_most_pulled(*reactive_tilts(model, clouds, c.aim_directions, c.tilt_degrees),
+                                                 c.tilt_aim)
+        return aimed
 
     def few_shot(self, data, per_class, generator):
         picked, _ = balanced_split(self._labels(data), per_class, generator)

@@ -8,6 +8,8 @@ and random tilts (``random_tilts``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -63,34 +65,111 @@ def ball_points(k: int, radius, generator: torch.Generator, batch: tuple[int, ..
 
 
 def random_clusters(points: torch.Tensor, generator: torch.Generator, prob: float, n_points: tuple[int, int],
-                    radius: tuple[float, float], distance: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+                    radius: tuple[float, float], distance: tuple[float, float],
+                    aim: Optional[Aim] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """With probability ``prob`` per cloud, replace random points by a small ball at a random place around
-    the object (centre at ``distance`` from the origin in a random direction), labels unchanged. A local
-    cluster trigger (PointBA-I, 3DPC-BA) drives units that clean and mixed clouds never reach; random
-    clusters reach them and teach that a cluster off the object carries no class. Returns the clouds and
-    which of them (B bools) got a ball."""
+    the object (centre at ``distance`` from the origin in a random direction, or for ``aim.share`` of the
+    balls near one of ``aim``'s directions), labels unchanged. A local cluster trigger (PointBA-I, 3DPC-BA)
+    drives units that clean and mixed clouds never reach; random clusters reach them and teach that a
+    cluster off the object carries no class. Returns the clouds and which of them (B bools) got a ball."""
     b, n, _ = points.shape
     k = min(n - 1, int(torch.randint(n_points[0], n_points[1] + 1, (1,), generator=generator)))
-    centres = F.normalize(torch.randn(b, 1, 3, generator=generator), dim=-1) * _uniform((b, 1, 1), *distance, generator, "cpu")
+    directions = torch.randn(b, 3, generator=generator)
+    if aim is not None:
+        directions = aim.apply(directions, generator)
+    centres = F.normalize(directions, dim=-1).view(b, 1, 3) * _uniform((b, 1, 1), *distance, generator, "cpu")
     balls = ball_points(k, _uniform((b, 1, 1), *radius, generator, "cpu"), generator, batch=(b,))
     chosen = (torch.rand(b, generator=generator) < prob).to(points.device).view(b, 1, 1)
     return torch.where(chosen, insert_cluster(points, centres + balls, generator), points), chosen.view(b)
 
 
-def random_tilts(points: torch.Tensor, generator: torch.Generator, prob: float,
-                 degrees: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Aim:
+    """Where random balls go, or where random tilts turn the up axis, more often: ``directions`` (M, 3)
+    unit vectors drawn by ``weights`` (M), each jittered by ``spread``, for a ``share`` of the clouds (the
+    rest keep their uniform draw)."""
+
+    directions: torch.Tensor
+    weights: torch.Tensor
+    share: float
+    spread: float = 0.2
+
+    def apply(self, uniform: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b = len(uniform)
+        picked = self.directions[torch.multinomial(self.weights, b, replacement=True, generator=generator)]
+        aimed = F.normalize(picked + self.spread * torch.randn(b, 3, generator=generator), dim=-1)
+        return torch.where(torch.rand(b, 1, generator=generator) < self.share, aimed, uniform)
+
+
+def sphere_directions(count: int) -> torch.Tensor:
+    """``count`` nearly even unit vectors (a Fibonacci lattice)."""
+    i = torch.arange(count, dtype=torch.float64) + 0.5
+    y = 1 - 2 * i / count
+    r, phi = (1 - y**2).sqrt(), i * math.pi * (3 - math.sqrt(5))
+    return torch.stack([r * phi.cos(), y, r * phi.sin()], -1).float()
+
+
+def _pulled_to_one_class(model, clouds: torch.Tensor, changed_clouds) -> torch.Tensor:
+    """For each changed copy of ``clouds``, the largest share of them that ``model`` moves to one and the
+    same other class. A trigger sends almost every cloud to the target; other changes move few answers,
+    and not all to one class."""
+    was = model.eval()(clouds).argmax(-1)
+    pulled = []
+    for changed in changed_clouds:
+        now = model(changed).argmax(-1)
+        moved = F.one_hot(now[now != was], int(max(now.max(), was.max())) + 1)
+        pulled.append(moved.sum(0).max() / len(clouds) if len(moved) else torch.tensor(0.0))
+    return torch.stack(pulled).float().cpu()
+
+
+@torch.no_grad()
+def reactive_directions(model, clouds: torch.Tensor, count: int, n_points: int, radius: float, distance: float,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` even directions, and for each how many ``clouds`` a ball of ``n_points`` (``radius``) put
+    ``distance`` from the origin that way pulls to one class under ``model`` (:func:`_pulled_to_one_class`)."""
+    directions = sphere_directions(count)
+    ball = ball_points(min(n_points, clouds.shape[1] - 1), radius, generator)
+    return directions, _pulled_to_one_class(
+        model, clouds, (insert_cluster(clouds, d * distance + ball, generator) for d in directions))
+
+
+@torch.no_grad()
+def reactive_tilts(model, clouds: torch.Tensor, count: int, degrees: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The even directions (of ``count`` on the sphere) that a tilt of ``degrees`` can turn the up axis to,
+    and for each how many ``clouds`` that tilt pulls to one class under ``model``."""
+    directions = sphere_directions(count)
+    tilt = torch.rad2deg(torch.acos(directions[:, 1].clamp(-1, 1)))
+    directions = directions[(tilt >= degrees[0]) & (tilt <= degrees[1])]
+    rot = tilt_matrices(directions).to(clouds)
+    return directions, _pulled_to_one_class(model, clouds, (clouds @ r.T for r in rot))
+
+
+def tilt_matrices(up_to: torch.Tensor) -> torch.Tensor:
+    """Rotations (B, 3, 3) about a horizontal axis that turn the up axis (y) to the unit vectors ``up_to`` (B, 3)."""
+    heading = torch.atan2(-up_to[:, 0], up_to[:, 2])
+    angle = torch.acos(up_to[:, 1].clamp(-1, 1))
+    # Rodrigues: R = I + sin(a) K + (1 - cos(a)) K^2, K the cross-product matrix of the axis (cos h, 0, sin h)
+    hc, hs, zero = heading.cos(), heading.sin(), torch.zeros_like(heading)
+    k = torch.stack([zero, -hs, zero, hs, zero, -hc, zero, hc, zero], -1).view(-1, 3, 3)
+    s, c = angle.sin().view(-1, 1, 1), angle.cos().view(-1, 1, 1)
+    return torch.eye(3) + s * k + (1 - c) * k @ k
+
+
+def random_tilts(points: torch.Tensor, generator: torch.Generator, prob: float, degrees: tuple[float, float],
+                 aim: Optional[Aim] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """With probability ``prob`` per cloud, rotate it about a random horizontal axis by an angle drawn from
-    ``degrees``, labels unchanged. An orientation trigger (PointBA-O) is a tilt that clean clouds never
-    show; random tilts reach it and teach that a tilt carries no class. Returns the clouds and which of
-    them (B bools) were tilted."""
+    ``degrees`` (or, for ``aim.share`` of them, so that the up axis turns near one of ``aim``'s directions),
+    labels unchanged. An orientation trigger (PointBA-O) is a tilt that clean clouds never show; random
+    tilts reach it and teach that a tilt carries no class. Returns the clouds and which of them (B bools)
+    were tilted."""
     b = points.shape[0]
     heading = _uniform(b, 0.0, 2 * math.pi, generator, "cpu")
     angle = _uniform(b, math.radians(degrees[0]), math.radians(degrees[1]), generator, "cpu")
-    # Rodrigues: R = I + sin(a) K + (1 - cos(a)) K^2, K the cross-product matrix of the axis (cos h, 0, sin h)
-    hc, hs, zero = heading.cos(), heading.sin(), torch.zeros(b)
-    k = torch.stack([zero, -hs, zero, hs, zero, -hc, zero, hc, zero], -1).view(b, 3, 3)
-    s, c = angle.sin().view(b, 1, 1), angle.cos().view(b, 1, 1)
-    rot = (torch.eye(3) + s * k + (1 - c) * k @ k).to(points)
+    # where the up axis goes: a heading h' = h + 90 degrees from the axis, the angle a from the vertical
+    up_to = torch.stack([-angle.sin() * heading.sin(), angle.cos(), angle.sin() * heading.cos()], -1)
+    if aim is not None:
+        up_to = aim.apply(up_to, generator)
+    rot = tilt_matrices(up_to).to(points)
     chosen = (torch.rand(b, generator=generator) < prob).to(points.device)
     return torch.where(chosen.view(b, 1, 1), points @ rot.transpose(1, 2), points), chosen
 
