@@ -96,7 +96,7 @@ def select_targets(model: nn.Module, trace: Trace, placement: str, include: list
         if not any(rule.inputs and matches_any(name, [pattern]) for name, _, rule in candidates):
             raise ConfigError(f"input_masks pattern '{pattern}' matched no executed layer whose inputs can be masked "
                               f"({INPUT_MASKABLE}); layer names are module paths such as 'lstm' or 'classifier.1'")
-    return [Target(name, type(m).__name__, rule.units(m), depth, rule, rule.units(m) - rule.output_units(m))
+    return [Target(name, type(m).__name__, rule.units(m), depth, rule, rule.input_units(m))
             for depth, (name, m, rule) in enumerate(candidates, start=1)]
 
 

@@ -117,9 +117,8 @@ def _pulled_to_one_class(model, clouds: torch.Tensor, changed_clouds) -> torch.T
     pulled = []
     for changed in changed_clouds:
         now = model(changed).argmax(-1)
-        moved = F.one_hot(now[now != was], int(max(now.max(), was.max())) + 1)
-        pulled.append(moved.sum(0).max() / len(clouds) if len(moved) else torch.tensor(0.0))
-    return torch.stack(pulled).float().cpu()
+        pulled.append(int(torch.bincount(now[now != was], minlength=1).max()) / len(clouds))
+    return torch.tensor(pulled)
 
 
 @torch.no_grad()

@@ -196,6 +196,7 @@ def load_cgal(root: Optional[str], num_points: int, seed: int, views_per_mesh: i
                 raise _missing(f"CGAL mesh {f.name}", base, hint)
             verts, faces = read_off(f)
             views = sample_surface(verts, faces, num_points, g, count=views_per_mesh)
+            # drawn either way, so that every other draw (and the default data) stays the same
             angles = torch.rand(views_per_mesh, generator=g) * (360 if random_heading else 0)
             rots = torch.stack([rotation("y", float(a)) for a in angles])
             scales = torch.exp((torch.rand(views_per_mesh, 1, 3, generator=g) * 2 - 1) * math.log(1.25))

@@ -32,9 +32,12 @@ class MaskRule:
         name, (axis, repeats) = next(iter(self.params.items()))
         return getattr(module, name).shape[axis] // repeats
 
-    def units(self, module: nn.Module) -> int:
+    def input_units(self, module: nn.Module) -> int:
         weight = next(iter(self.inputs), None)
-        return self.output_units(module) + (getattr(module, weight).shape[1] if weight else 0)
+        return getattr(module, weight).shape[1] if weight else 0
+
+    def units(self, module: nn.Module) -> int:
+        return self.output_units(module) + self.input_units(module)
 
     def scaled(self, module: nn.Module, mask: torch.Tensor,
                input_mean: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
