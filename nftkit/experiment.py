@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from . import __version__
 from .adapter import ADAPTERS, Adapter
 from .attacks import ATTACKS
 from .cache import load_victim, store_victim, victim_key
@@ -105,7 +106,7 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
     mixing = s["victim"].augment == "mix"
     spec = {"adapter": exp.recipe.adapter, "data": victim_dump(s["data"], mixing), "model": victim_dump(s["model"], mixing),
             "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),
-            "seed": exp.recipe.seed}
+            "seed": exp.recipe.seed, "cpu_threads": torch.get_num_threads()}  # another count trains another model
     placed = attack.placement() if attack else None
     if placed is not None:
         spec["placement"] = placed
@@ -118,7 +119,7 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
     torch.manual_seed(exp.recipe.seed)
     state = state_dir / "victim_state.safetensors" if state_dir is not None else None
     trained = purify(model, exp.adapter, train, config=s["victim"], checkpoint=state, resume=resume)
-    meta = {"train_time_s": trained.runtime_s, "steps": trained.config.steps, "spec": spec,
+    meta = {"train_time_s": trained.runtime_s, "steps": trained.config.steps, "spec": spec, "environment": environment(),
             "loss_curve": loss_curve(trained.history)}
     if exp.recipe.cache_victim:
         store_victim(trained.model, key, meta)
@@ -177,7 +178,7 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
     ``extras``: what only a recipe run measures for report.html (curves, features); without it those
     parts of the page say they were not recorded."""
     results = {"recipe": name, "method": result.config.method, "before": before, "after": after,
-               "runtime_s": result.runtime_s, "victim": victim, "data": info,
+               "runtime_s": result.runtime_s, "environment": environment(), "victim": victim, "data": info,
                "targets": [{"name": t.name, "kind": t.kind, "units": t.units, "input_units": t.input_units, "depth": t.depth}
                            for t in result.targets]}
     if result.info:
@@ -193,6 +194,12 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
     for state in stage.glob("*state.safetensors") if is_main() else ():
         state.unlink()
     return results
+
+
+def environment() -> dict[str, Any]:
+    """What a rerun needs besides the config and seed to repeat a result bit for bit: torch's CPU kernels
+    split their sums by thread, so another thread count trains a different (equally good) model."""
+    return {"nftkit": __version__, "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
 
 
 def _fmt(metrics: dict[str, float]) -> str:

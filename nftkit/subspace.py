@@ -129,20 +129,34 @@ def project_weight(layer: nn.Module, basis: torch.Tensor) -> None:
 
 @torch.no_grad()
 def recalibrate_norms(model: nn.Module, batches: CleanBatches) -> None:
-    """Re-estimate BatchNorm running statistics on the clean data (a cumulative average)."""
+    """Set BatchNorm running statistics to the mean and (unbiased) variance of each norm's inputs over
+    the whole clean set, from one train-mode pass. Averaging per-batch variances instead would drop the
+    between-batch part, which dominates when the clean set is stored class by class."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
+    sums: dict[nn.Module, list] = {}
+
+    def accumulate(module, args):
+        x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)
+        total = sums.setdefault(module, [0, 0.0, 0.0])
+        total[0] += x.shape[1]
+        total[1] = total[1] + x.sum(1)
+        total[2] = total[2] + (x * x).sum(1)
+
     was_training = model.training
     model.eval()
-    saved = [m.momentum for m in norms]
     for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
         m.train()
-    batches.run(model)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
+    _run_hooked(model, batches, [m.register_forward_pre_hook(accumulate) for m in norms])
+    for m in norms:
+        if m not in sums:
+            continue
+        n, total, squares = sums[m]
+        mean = total / n
+        variance = (squares / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(variance)
     model.train(was_training)
 
 

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import nftkit
@@ -76,6 +77,8 @@ def test_recipe_smoke_run(name, tmp_path):
     for phase in ("before", "after"):
         assert {"acc", "asr", "lcr"} <= set(saved[phase])
     assert saved["runtime_s"] > 0 and results["victim"]["cached"] is False
+    # the thread count changes a CPU result's last bits, so a rerun needs it beside the seed
+    assert saved["environment"]["cpu_threads"] == saved["victim"]["environment"]["cpu_threads"] == torch.get_num_threads()
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())
     assert resolved["defense"]["steps"] == 3 and resolved["model"]["width"] == 4
     # the victim is cached: a second run reuses it
@@ -83,6 +86,20 @@ def test_recipe_smoke_run(name, tmp_path):
     assert again["victim"]["cached"] is True and again["before"] == saved["before"]
     assert [step for step, _ in saved["victim"]["loss_curve"]] == [0, 1, 2, 3]  # victim.steps=4
     assert again["victim"]["loss_curve"] == saved["victim"]["loss_curve"]
+
+
+@pytest.mark.slow
+def test_a_victim_cached_under_another_cpu_thread_count_is_trained_again(tmp_path):
+    _needs("image/fmnist_badnets")
+    quiet = lambda *_: None
+    first = run("image/fmnist_badnets", TINY["image"], tmp_path / "a", log=quiet)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        other = run("image/fmnist_badnets", TINY["image"], tmp_path / "b", log=quiet)
+    finally:
+        torch.set_num_threads(threads)
+    assert other["victim"]["cached"] is False and other["victim"]["key"] != first["victim"]["key"]
 
 
 def test_victim_loss_curve_averages_equal_stretches():

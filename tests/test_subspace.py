@@ -105,15 +105,20 @@ def test_one_pass_over_the_whole_set_equals_one_pass_per_layer(name, tiny_data, 
         assert torch.allclose(a.float(), b.float(), atol=1e-4)
 
 
-def test_norm_statistics_are_re_estimated_on_the_clean_data(tiny_data, adapter3):
+def test_norm_statistics_are_the_moments_of_the_whole_clean_set_when_it_is_stored_class_by_class(adapter3):
+    from nftkit.adapters.image import ImageTensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) // 8  # class-grouped: each batch of 8 holds one class
+    data = ImageTensorDataset(0.3 * torch.rand(24, 1, 8, 8, generator=g) + 0.35 * labels.view(-1, 1, 1, 1).float(), labels)
     model = TINY_MODELS["conv_bn"]().eval()
     bn = model[1]
-    batches = CleanBatches(adapter3, tiny_data, list(range(len(tiny_data))), 8, torch.device("cpu"))
-    recalibrate_norms(model, batches)
-    x = torch.stack([tiny_data[i][0] for i in range(len(tiny_data))])
+    recalibrate_norms(model, CleanBatches(adapter3, data, list(range(len(data))), 8, torch.device("cpu")))
     with torch.no_grad():
-        features = model[0](x)
-    assert torch.allclose(bn.running_mean, features.mean((0, 2, 3)), atol=1e-5)
+        features = model[0](data.images).transpose(0, 1).flatten(1)
+    assert torch.allclose(bn.running_mean, features.mean(1), atol=1e-5)
+    # the between-class spread is most of the variance: a mean of per-batch variances would miss it
+    assert torch.allclose(bn.running_var, features.var(1), rtol=1e-4, atol=1e-6)
     assert bn.momentum == 0.1 and not model.training and not bn.training, "momentum and modes are restored"
 
 

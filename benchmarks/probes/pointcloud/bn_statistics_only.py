@@ -1,6 +1,7 @@
 """Does re-estimating BatchNorm statistics on the clean set alone cost ACC? (no mask or weight change)"""
 import sys, copy, torch
 from nftkit.experiment import prepare, build_victim
+from nftkit.subspace import CleanBatches, recalibrate_norms
 exp = prepare(sys.argv[1], sys.argv[2:])
 splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
 victim, attack, ptest, meta = build_victim(exp, splits, print)
@@ -24,6 +25,10 @@ def recal(kind, passes, batch=32):
                 m(x)
     return ev(m)
 print("recal none", recal("none", 1))
+# the engine's re-estimate (purify's bn_recalibrate): exact moments of the whole clean set, in stored order
+exact = copy.deepcopy(victim)
+recalibrate_norms(exact, CleanBatches(exp.adapter, clean, list(range(len(clean))), 32, dev))
+print("recal exact (nftkit)", ev(exact))
 print("recal basic", recal("basic", 10))
 print("recal mix", recal("mix", 10))
 # the same on the poisoned training set (what the victim saw)
