@@ -138,7 +138,7 @@ def recalibrate_norms(model: nn.Module, batches: CleanBatches) -> None:
     sums: dict[nn.Module, list] = {}
 
     def accumulate(module, args):
-        x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)
+        x = args[0].detach().double().transpose(0, 1).flatten(1)  # channels x (samples and positions)
         total = sums.setdefault(module, [0, 0.0, 0.0])
         total[0] += x.shape[1]
         total[1] = total[1] + x.sum(1)
