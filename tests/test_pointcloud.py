@@ -387,6 +387,55 @@ def test_3dpcba_places_the_same_cluster_whatever_the_global_rng():
     assert place(1) == place(2)
 
 
+class MeanFeatures(torch.nn.Module):
+    """A surrogate whose features (its head's input) are the cloud's mean point."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 3)
+
+    def forward(self, points):
+        return self.head(points.mean(1))
+
+
+def _pointcba(monkeypatch, **kw):
+    monkeypatch.setattr(nftkit, "train", lambda *a, **k: type("Trained", (), {"model": MeanFeatures()})())
+    return _attack("pointcba", PointCloudAdapter(3), n_points=4, **kw)
+
+
+def test_pointcba_poisons_target_clouds_only_keeps_labels_and_moves_points_within_eps(monkeypatch):
+    attack = _pointcba(monkeypatch, poison_rate=0.5, eps=0.05, pgd_steps=5, pgd_batch=3)
+    train = _clouds(30)
+    poisoned = attack.poison_train(train, torch.Generator().manual_seed(0))
+    idx = poisoned.poisoned_indices
+    assert len(idx) == 5 and (train.targets[idx] == 0).all()
+    assert torch.equal(poisoned.targets, train.targets)  # clean-label
+    rest = torch.ones(30, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(poisoned.points[rest], train.points[rest])
+    moved = (poisoned.points[idx] - train.points[idx]).abs().amax(-1)
+    in_ball = (poisoned.points[idx] - torch.tensor([0.6, 0.6, 0.6])).norm(dim=-1) <= 0.05 + 1e-6
+    assert (in_ball.sum(1) >= 4).all()
+    assert (in_ball | (moved <= 0.05 + 1e-6)).all() and moved[~in_ball].min() > 0
+    test = attack.poison_test(train)
+    assert (test.targets != 0).all() and ((test.points - torch.tensor([0.6, 0.6, 0.6])).norm(dim=-1) <= 0.05 + 1e-6).sum(1).min() >= 4
+
+
+def test_pointcba_pulls_the_surrogate_features_towards_another_class(monkeypatch):
+    # MeanFeatures sees a cloud's mean point; the target class sits at +x, the others at -x
+    train = _clouds(30)
+    train.points[..., 0] += torch.where(train.targets == 0, 0.3, -0.3)[:, None]
+    ball = torch.tensor([0.6, 0.6, 0.6])
+
+    data = _pointcba(monkeypatch, poison_rate=1.0, eps=0.02, pgd_steps=10).poison_train(train, torch.Generator().manual_seed(0))
+    idx = data.poisoned_indices
+    on_object = (data.points[idx] - ball).norm(dim=-1) > 0.05 + 1e-6
+    shift = data.points[idx] - train.points[idx]
+    assert shift[..., 0][on_object].mean() < -0.015  # towards the other classes, near the 0.02 bound
+    rotated = _pointcba(monkeypatch, trigger="rotation", axis="z", degrees=90.0, eps=0.0).poison_test(train)
+    assert torch.allclose(rotated.points[..., 0], -train.points[train.targets != 0][..., 1], atol=1e-6)
+
+
 # ---- adapter + engine -----------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["pointnet", "pointnet2_ssg"])
 def test_nft_masks_batchnorm_gammas_and_folds_exactly(arch):

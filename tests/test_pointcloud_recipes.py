@@ -13,7 +13,8 @@ RECIPES = list_recipes("pointcloud/*")
 TINY = ["data.num_points=32", "data.clean_size=10", "data.views_per_mesh=6", "victim.steps=3", "victim.batch_size=8",
         "victim.epochs=null", "defense.steps=2", "defense.batch_size=8", "defense.epochs=null", "model.width=0.125"]
 TINY_ATTACK = {"3dpcba": ["attack.surrogate_steps=2", "attack.search_steps=2", "attack.search_starts=1",
-                          "attack.search_batch=4", "attack.surrogate_width=0.125"]}
+                          "attack.search_batch=4", "attack.surrogate_width=0.125"],
+               "pointcba": ["attack.surrogate_steps=2", "attack.pgd_steps=2", "attack.surrogate_width=0.125"]}
 
 
 def _off(scale: float) -> str:
