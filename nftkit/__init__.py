@@ -3,6 +3,7 @@ from .adapter import ADAPTERS, Adapter, Splits, register_adapter
 from .attacks import ATTACKS, Attack
 from .config import PurifyConfig
 from .errors import ConfigError, DataError, ModelError, NftkitError
+from .host_memory import keep_freed_memory
 from .methods import METHODS, Method
 from .purify import PurifyResult, purify, resolve_config
 
@@ -16,5 +17,5 @@ def train(model, adapter, data, **overrides) -> PurifyResult:
 
 __all__ = [
     "ADAPTERS", "ATTACKS", "Adapter", "Attack", "ConfigError", "DataError", "METHODS", "Method", "ModelError",
-    "NftkitError", "PurifyConfig", "PurifyResult", "Splits", "purify", "register_adapter", "resolve_config", "train",
+    "NftkitError", "PurifyConfig", "PurifyResult", "Splits", "keep_freed_memory", "purify", "register_adapter", "resolve_config", "train",
 ]

@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     from . import distributed
+    from .host_memory import keep_freed_memory
 
+    keep_freed_memory()
     try:
         distributed.init_from_env()
         args.func(args)

@@ -5,6 +5,9 @@ import torch
 import torch.nn as nn
 
 from nftkit.adapters.image import ImageClassificationAdapter, ImageTensorDataset
+from nftkit.host_memory import keep_freed_memory
+
+keep_freed_memory()  # as the nftkit command does: CPU steps fault their activations in again otherwise
 
 
 @pytest.fixture(autouse=True)

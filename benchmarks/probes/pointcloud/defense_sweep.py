@@ -4,6 +4,9 @@ import sys, time, json
 import torch
 from nftkit.experiment import prepare, build_victim
 from nftkit.purify import purify
+from nftkit.host_memory import keep_freed_memory
+
+keep_freed_memory()
 
 args = sys.argv[1:]
 cut = args.index("--") if "--" in args else len(args)

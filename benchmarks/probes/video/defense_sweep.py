@@ -6,6 +6,9 @@ from nftkit.experiment import prepare, build_victim
 from nftkit.purify import purify, resolve_config
 import nftkit.adapters.video.attacks as va
 from nftkit.recipe import parse_override
+from nftkit.host_memory import keep_freed_memory
+
+keep_freed_memory()
 
 exp = prepare("video/atari_clb", shlex.split(sys.argv[1]))
 s = exp.sections
