@@ -2,6 +2,7 @@
 from .adapter import ADAPTERS, Adapter, Splits, register_adapter
 from .attacks import ATTACKS, Attack
 from .config import PurifyConfig
+from .cpu_kernels import pin_portable_kernels
 from .errors import ConfigError, DataError, ModelError, NftkitError
 from .host_memory import keep_freed_memory
 from .methods import METHODS, Method
@@ -17,5 +18,5 @@ def train(model, adapter, data, **overrides) -> PurifyResult:
 
 __all__ = [
     "ADAPTERS", "ATTACKS", "Adapter", "Attack", "ConfigError", "DataError", "METHODS", "Method", "ModelError",
-    "NftkitError", "PurifyConfig", "PurifyResult", "Splits", "keep_freed_memory", "purify", "register_adapter", "resolve_config", "train",
+    "NftkitError", "PurifyConfig", "PurifyResult", "Splits", "keep_freed_memory", "pin_portable_kernels", "purify", "register_adapter", "resolve_config", "train",
 ]

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from .config import StrictModel, validate
 from .errors import ConfigError, ModelError
-from .experiment import build_experiment, build_victim
+from .experiment import build_experiment, build_victim, environment
 from .io import atomic_write, staged_dir, write_json, write_yaml
 from .purify import purify, resolve_config
 from .recipe import apply_overrides, load_recipe
@@ -133,7 +133,7 @@ def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, 
         table = render_table(rows, summary, name)
         atomic_write(stage / "table.md", table.encode())
         atomic_write(stage / "table.html", render_bench_html(name, table_cells(rows, summary), summary).encode())
-        write_json(stage / "results.json", {"suite": name, "rows": rows, "summary": summary})
+        write_json(stage / "results.json", {"suite": name, "rows": rows, "summary": summary, "environment": environment()})
     log(table)
     log(f"wrote {out}")
     return {"rows": rows, "summary": summary, "out": str(out)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -114,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     from . import distributed
+    from .cpu_kernels import SWITCH, pin_portable_kernels
     from .host_memory import keep_freed_memory
 
     keep_freed_memory()
     try:
+        if os.environ.get(SWITCH, "0") == "1":
+            pin_portable_kernels()
         distributed.init_from_env()
         args.func(args)
     except Interrupted as err:

@@ -14,6 +14,7 @@ from .adapter import ADAPTERS, Adapter
 from .attacks import ATTACKS
 from .cache import load_victim, store_victim, victim_key
 from .config import validate, victim_dump
+from .cpu_kernels import cpu_kernels, pinned_kernels
 from .distributed import is_main
 from .errors import ConfigError
 from .io import atomic_write, save_tensors, staged_dir, write_json, write_yaml
@@ -107,6 +108,8 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
     spec = {"adapter": exp.recipe.adapter, "data": victim_dump(s["data"], mixing), "model": victim_dump(s["model"], mixing),
             "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),
             "seed": exp.recipe.seed, "cpu_threads": torch.get_num_threads()}  # another count trains another model
+    if pinned_kernels():  # so do other kernels (keys of victims cached without a pin stay as they were)
+        spec["pinned_kernels"] = pinned_kernels()
     placed = attack.placement() if attack else None
     if placed is not None:
         spec["placement"] = placed
@@ -198,8 +201,9 @@ def write_outputs(stage: Path, name: str, before: dict[str, float], after: dict[
 
 def environment() -> dict[str, Any]:
     """What a rerun needs besides the config and seed to repeat a result bit for bit: torch's CPU kernels
-    split their sums by thread, so another thread count trains a different (equally good) model."""
-    return {"nftkit": __version__, "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+    split their sums by thread, and differ by CPU, so another thread count or CPU trains a different
+    (equally good) model."""
+    return {"nftkit": __version__, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), **cpu_kernels()}
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -77,8 +77,10 @@ def test_recipe_smoke_run(name, tmp_path):
     for phase in ("before", "after"):
         assert {"acc", "asr", "lcr"} <= set(saved[phase])
     assert saved["runtime_s"] > 0 and results["victim"]["cached"] is False
-    # the thread count changes a CPU result's last bits, so a rerun needs it beside the seed
+    # the thread count and the CPU's kernels change a CPU result's last bits, so a rerun needs them beside the seed
     assert saved["environment"]["cpu_threads"] == saved["victim"]["environment"]["cpu_threads"] == torch.get_num_threads()
+    assert saved["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert saved["environment"]["pinned"] == {} and saved["environment"]["cpu"]
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())
     assert resolved["defense"]["steps"] == 3 and resolved["model"]["width"] == 4
     # the victim is cached: a second run reuses it
@@ -89,7 +91,7 @@ def test_recipe_smoke_run(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_victim_cached_under_another_cpu_thread_count_is_trained_again(tmp_path):
+def test_a_victim_cached_under_another_cpu_thread_count_or_kernel_pin_is_trained_again(tmp_path, monkeypatch):
     _needs("image/fmnist_badnets")
     quiet = lambda *_: None
     first = run("image/fmnist_badnets", TINY["image"], tmp_path / "a", log=quiet)
@@ -100,6 +102,9 @@ def test_a_victim_cached_under_another_cpu_thread_count_is_trained_again(tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert other["victim"]["cached"] is False and other["victim"]["key"] != first["victim"]["key"]
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    pinned = run("image/fmnist_badnets", TINY["image"], tmp_path / "c", log=quiet)
+    assert pinned["victim"]["cached"] is False and pinned["victim"]["key"] != first["victim"]["key"]
 
 
 def test_victim_loss_curve_averages_equal_stretches():

@@ -176,6 +176,7 @@ def test_bench_writes_table_html(tmp_path):
     assert page.sections == ["rows", "averages", "runtime"] and len(page.images) == 1
     check_self_contained(page)
     saved = json.loads((out / "results.json").read_text())
+    assert saved["environment"]["cpu_threads"] == torch.get_num_threads() and saved["environment"]["cpu"]
     header, *cells = page.rows[: 1 + len(saved["rows"])]
     assert header[:3] == ["model", "attack", "method"] and "ASR after" in header
     for row, shown in zip(saved["rows"], cells):
