@@ -108,8 +108,8 @@ def build_victim(exp: Experiment, splits, log, state_dir: Optional[Path] = None,
     spec = {"adapter": exp.recipe.adapter, "data": victim_dump(s["data"], mixing), "model": victim_dump(s["model"], mixing),
             "attack": s["attack"].model_dump() if attack else None, "victim": s["victim"].model_dump(exclude={"progress"}, exclude_defaults=True),
             "seed": exp.recipe.seed, "cpu_threads": torch.get_num_threads()}  # another count trains another model
-    if pinned_kernels():  # so do other kernels (keys of victims cached without a pin stay as they were)
-        spec["pinned_kernels"] = pinned_kernels()
+    if pins := pinned_kernels():  # so do other kernels (keys of victims cached without a pin stay as they were)
+        spec["pinned_kernels"] = pins
     placed = attack.placement() if attack else None
     if placed is not None:
         spec["placement"] = placed

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from nftkit.cpu_kernels import PORTABLE_KERNELS
+from nftkit.cpu_kernels import PORTABLE_KERNELS, SWITCH
 
 pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64")
                                 or "avx2" not in open("/proc/cpuinfo").read(), reason="needs an x86 CPU with AVX2")
@@ -28,13 +28,13 @@ except nftkit.NftkitError as err:
 
 
 def _run(code: str, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in PORTABLE_KERNELS and k != "NFTKIT_PORTABLE_KERNELS"}
+    clean = {k: v for k, v in os.environ.items() if k not in (SWITCH, *PORTABLE_KERNELS)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**clean, "ATEN_CPU_CAPABILITY": "default", **env}).stdout.strip()
 
 
 def test_the_switch_pins_all_three_libraries_to_avx2_before_torch_chooses():
-    assert _run(THROUGH_THE_CLI, NFTKIT_PORTABLE_KERNELS="1") == "0 AVX2 AVX2 AVX2"
+    assert _run(THROUGH_THE_CLI, **{SWITCH: "1"}) == "0 AVX2 AVX2 AVX2"
     assert _run(THROUGH_THE_CLI) == "0 DEFAULT None None"
 
 

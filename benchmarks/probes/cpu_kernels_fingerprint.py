@@ -24,9 +24,9 @@ def _digest(model) -> str:
 
 
 def _child() -> None:
-    if os.environ.get("NFTKIT_PORTABLE_KERNELS") == "1":
-        from nftkit.cpu_kernels import pin_portable_kernels
+    from nftkit.cpu_kernels import SWITCH, pin_portable_kernels
 
+    if os.environ.get(SWITCH) == "1":
         pin_portable_kernels()
     import torch
     from torch import nn
@@ -55,11 +55,11 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--child"]:
         _child()
         sys.exit()
-    from nftkit.cpu_kernels import cpu_name
+    from nftkit.cpu_kernels import PORTABLE_KERNELS, SWITCH, cpu_name
 
     print(f"CPU: {cpu_name()}\n\n| setting | ATen kernels | PointNet | CNN |\n|---|---|---|---|")
     for name, extra in SETTINGS.items():
-        env = {k: v for k, v in os.environ.items() if k not in ("NFTKIT_PORTABLE_KERNELS", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+        env = {k: v for k, v in os.environ.items() if k not in (SWITCH, *PORTABLE_KERNELS)}
         out = subprocess.run([sys.executable, __file__, "--child"], env={**env, **extra, "OMP_NUM_THREADS": "1"},
                              capture_output=True, text=True, check=True).stdout.split()
         print(f"| {name} | {' | '.join(out)} |")
