@@ -1,7 +1,8 @@
 """What the single-label classification adapters share (image, video, point clouds, and users' own):
-label checks, the per-class split of a clean set, batch MixUp, and the label side of their attacks."""
+label checks, the per-class split of a clean set, batch MixUp and CutMix, and the label side of their attacks."""
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -52,15 +53,38 @@ def balanced_split(labels: torch.Tensor, per_class: int, generator: torch.Genera
     return chosen, rest.nonzero().flatten()
 
 
+def _batch_lambda(generator: torch.Generator, alpha: float) -> float:
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
 def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
     """MixUp with one lambda ~ Beta(alpha, alpha) per batch and an in-batch permutation as partner.
 
     ``targets`` are probabilities (one-hot or multi-hot); returns mixed inputs and mixed targets.
     """
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    lam = _batch_lambda(generator, alpha)
     perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
     return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def cutmix(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
+    """CutMix (Yun et al., 2019): a box of area about 1 - lambda, lambda ~ Beta(alpha, alpha), is cut
+    from an in-batch partner and pasted at a random centre (clipped at the border); targets mix by the
+    area actually pasted. The box spans the last two dimensions, so on clips (B x T x C x H x W) it runs
+    through every frame: VideoMix's spatial variant. Not torchvision's ``v2.CutMix``: that one draws from
+    the global RNG and pairs neighbouring rows, where runs here draw everything from their generator."""
+    h, w = inputs.shape[-2:]
+    lam = _batch_lambda(generator, alpha)
+    ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    cy, cx = (int(torch.randint(0, n, (1,), generator=generator)) for n in (h, w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + (cw - cw // 2), w)
+    perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
+    mixed = inputs.clone()
+    mixed[..., y0:y1, x0:x1] = inputs[perm][..., y0:y1, x0:x1]
+    kept = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    return mixed, kept * targets + (1 - kept) * targets[perm]
 
 
 class LabelAttackConfig(StrictModel):

@@ -40,6 +40,38 @@ def test_mix_augmentation_keeps_shapes_and_gives_soft_targets():
     assert torch.equal(again[0], xm)
 
 
+def test_cutmix_pastes_one_box_of_the_partner_and_mixes_targets_by_its_area():
+    # image i is constant i, so each pixel tells whose it is; crop and flip are off so only the box moves pixels
+    adapter = ImageClassificationAdapter(8, crop_padding=0, flip=False, mix="cutmix")
+    x, y = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 10, 10).contiguous(), torch.arange(8)
+    boxes = 0
+    for seed in range(5):
+        xm, t = adapter.augment((x, y), "mix", torch.Generator().manual_seed(seed))
+        for i in range(8):
+            own = (xm[i] == i).float().mean()
+            assert torch.isclose(t[i, i], own) or torch.equal(t[i], torch.nn.functional.one_hot(y[i], 8).float())
+            pasted = xm[i][xm[i] != i]
+            if len(pasted):
+                partner = int(pasted[0])
+                assert torch.all(pasted == partner) and torch.isclose(t[i, partner], 1 - own)
+                rows, cols = (xm[i, 0] != i).nonzero().unbind(1)
+                box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+                assert box == len(pasted)  # one solid rectangle
+                boxes += 1
+    assert boxes > 10
+    assert ImageClassificationAdapter.from_recipe(ImageClassificationAdapter.DataConfig(mix="cutmix"), None).mix == "cutmix"
+
+
+def test_mixup_or_cutmix_draws_either_per_batch():
+    adapter = ImageClassificationAdapter(8, crop_padding=0, flip=False, mix="mixup_or_cutmix")
+    x, y = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 10, 10).contiguous(), torch.arange(8)
+    kinds = []
+    for seed in range(12):
+        xm, _ = adapter.augment((x, y), "mix", torch.Generator().manual_seed(seed))
+        kinds.append("cutmix" if torch.equal(xm, xm.round()) else "mixup")  # a box keeps whole values, a blend not
+    assert 0 < kinds.count("cutmix") < 12
+
+
 def test_any_map_style_dataset_of_pairs_works():
     class Pairs(torch.utils.data.Dataset):
         def __len__(self):

@@ -8,7 +8,8 @@ import torch
 import nftkit
 from nftkit.attacks import ATTACKS
 from nftkit.adapters.video import ClipSpec, ClipTensorDataset, VideoAdapter, VideoModelConfig, build_video_model, read_clip
-from nftkit.adapters.video.augment import crop_flip_clips, mixup_clips, videomix
+from nftkit.adapters.classification import cutmix
+from nftkit.adapters.video.augment import crop_flip_clips, mixup_clips
 from nftkit.adapters.video.data import find_videos
 
 av = pytest.importorskip("av")
@@ -123,7 +124,7 @@ def test_crop_flip_is_shared_by_the_frames_of_a_clip():
     assert not torch.equal(out, clips)
 
 
-@pytest.mark.parametrize("mixer", [mixup_clips, videomix])
+@pytest.mark.parametrize("mixer", [mixup_clips, cutmix])
 def test_mixing_is_shared_by_the_frames_and_targets_stay_distributions(mixer):
     clips = _clips(b=6)
     targets = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()

@@ -1,7 +1,7 @@
 """Image classification: models, datasets, attacks, augmentation, ACC/ASR/LCR."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ from nftkit.config import DEFENSE_ONLY, StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import evaluate_classifier
 
-from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, mixup, samples_per_class
+from ..classification import SingleLabelAdapter, balanced_split, check_class_labels, cutmix, mixup, samples_per_class
 
 from . import attacks, zoo  # noqa: F401  register image attacks and datasets
 from .augment import random_crop_flip
@@ -31,7 +31,9 @@ class ImageDataConfig(StrictModel):
     clean_per_class: Optional[int] = Field(default=None, ge=1)  # overrides clean_fraction (1 = one-shot)
     train_limit: Optional[int] = Field(default=None, ge=1)  # random subset of the training set (CPU runs)
     test_limit: Optional[int] = Field(default=None, ge=1)
-    mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)  # MixUp lambda ~ Beta(a, a)
+    # NFT's "mix" augmentation; mixup_or_cutmix draws one of the two per batch, with equal odds
+    mix: Literal["mixup", "cutmix", "mixup_or_cutmix"] = Field(default="mixup", json_schema_extra=DEFENSE_ONLY)
+    mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)  # lambda ~ Beta(a, a)
 
 
 class ImageModelConfig(StrictModel):
@@ -46,11 +48,13 @@ class ImageClassificationAdapter(SingleLabelAdapter):
     DataConfig = ImageDataConfig
     ModelConfig = ImageModelConfig
 
-    def __init__(self, num_classes: int, crop_padding: Optional[int] = None, flip: bool = True, mix_alpha: float = 1.0):
+    def __init__(self, num_classes: int, crop_padding: Optional[int] = None, flip: bool = True, mix_alpha: float = 1.0,
+                 mix: str = "mixup"):
         self.num_classes = num_classes
         self.crop_padding = crop_padding
         self.flip = flip
         self.mix_alpha = mix_alpha
+        self.mix = mix
         self.info: dict = {}
 
     # ---- engine-facing -------------------------------------------------------------------
@@ -63,7 +67,9 @@ class ImageClassificationAdapter(SingleLabelAdapter):
         if kind == "basic":
             return images, labels
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
-        return mixup(images, targets, generator, self.mix_alpha)
+        either = self.mix == "mixup_or_cutmix"
+        use_cutmix = self.mix == "cutmix" or (either and torch.rand(1, generator=generator).item() < 0.5)
+        return (cutmix if use_cutmix else mixup)(images, targets, generator, self.mix_alpha)
 
     def _scan(self, data: Dataset) -> torch.Tensor:
         targets = getattr(data, "targets", None)
@@ -96,7 +102,7 @@ class ImageClassificationAdapter(SingleLabelAdapter):
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod
     def from_recipe(cls, data_cfg, model_cfg):
-        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha)  # num_classes: set from the data in load_data
+        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha, mix=data_cfg.mix)  # num_classes: set from the data in load_data
 
     def load_data(self, cfg: ImageDataConfig, seed: int) -> Splits:
         train, test, names = load_image_dataset(cfg.dataset, cfg.root)

@@ -16,10 +16,10 @@ from nftkit.config import DEFENSE_ONLY, StrictModel
 from nftkit.errors import DataError
 from nftkit.metrics import BackdoorMetrics
 
-from ..classification import SingleLabelAdapter, check_class_labels, dataset_labels, samples_per_class
+from ..classification import SingleLabelAdapter, check_class_labels, cutmix, dataset_labels, samples_per_class
 
 from .atari import DEFAULT_GAMES, atari_folder
-from .augment import crop_flip_clips, mixup_clips, videomix
+from .augment import crop_flip_clips, mixup_clips
 from .data import (ClipSpec, ClipTensorDataset, EditedVideos, VideoDataset, VideoFileDataset, balanced_split,
                    find_videos, read_clip)
 from .models import BACKBONES, CNNLSTM, build_video_model
@@ -97,7 +97,7 @@ class VideoAdapter(SingleLabelAdapter):
         if kind == "basic":
             return clips, labels
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
-        mixer = videomix if self.mix == "videomix" else mixup_clips
+        mixer = cutmix if self.mix == "videomix" else mixup_clips
         return mixer(clips, targets, generator, self.mix_alpha)
 
     def crop_pad(self, size: int) -> int:

@@ -2,8 +2,6 @@
 so the motion inside a clip stays coherent. Driven by an explicit generator for reproducible runs."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,19 +32,3 @@ def mixup_clips(clips: torch.Tensor, targets: torch.Tensor, generator: torch.Gen
     perm = torch.randperm(len(clips), generator=generator).to(clips.device)
     mixed = lam.view(-1, 1, 1, 1, 1) * clips + (1 - lam.view(-1, 1, 1, 1, 1)) * clips[perm]
     return mixed, lam[:, None] * targets + (1 - lam[:, None]) * targets[perm]
-
-
-def videomix(clips: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
-    """VideoMix (Yun et al., 2020), spatial variant: a box of area 1 - lambda is cut from the partner
-    clip through all frames (a cuboid over time) and pasted; targets mix by the pasted area."""
-    h, w = clips.shape[-2:]
-    lam = float(_beta(generator, alpha, 1))
-    ch, cw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
-    cy, cx = (int(torch.randint(0, n, (1,), generator=generator)) for n in (h, w))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + (cw - cw // 2), w)
-    perm = torch.randperm(len(clips), generator=generator).to(clips.device)
-    mixed = clips.clone()
-    mixed[..., y0:y1, x0:x1] = clips[perm][..., y0:y1, x0:x1]
-    kept = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-    return mixed, kept * targets + (1 - kept) * targets[perm]
