@@ -102,7 +102,7 @@ class ImageClassificationAdapter(SingleLabelAdapter):
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod
     def from_recipe(cls, data_cfg, model_cfg):
-        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha, mix=data_cfg.mix)  # num_classes: set from the data in load_data
+        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha, mix=data_cfg.mix)  # num_classes: set in load_data
 
     def load_data(self, cfg: ImageDataConfig, seed: int) -> Splits:
         train, test, names = load_image_dataset(cfg.dataset, cfg.root)
