@@ -59,11 +59,28 @@ def load_suite(name: str, overrides: list[str] = ()) -> SuiteConfig:
     return validate(SuiteConfig, raw)
 
 
+def defense_config(raw: dict[str, Any], spec: dict[str, Any]):
+    """A row's defense keys, run under its cell recipe's seed and device."""
+    return resolve_config(None, {"seed": raw.get("seed", 0), "device": raw.get("device", "cpu"), **spec})
+
+
 def _row_config(suite: SuiteConfig, row: str, base: dict[str, Any]) -> tuple[Any, Optional[int]]:
     spec = dict(suite.methods[row])
     few_shot = spec.pop("few_shot", None)
-    run = {"seed": base.get("seed", 0), "device": base.get("device", "cpu")}
-    return resolve_config(None, {**run, **spec}), few_shot
+    return defense_config(base, spec), few_shot
+
+
+def cell_victim(exp, log=print):
+    """A cell's data and its victim (poisoned, trained or taken from the cache), with the function that
+    measures any model of the cell on its clean and poisoned test sets."""
+    splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
+    victim, attack, poisoned_test, meta = build_victim(exp, splits, log)
+    device = torch.device(exp.recipe.device)
+
+    def measure(model):
+        return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
+
+    return splits, victim, meta, measure
 
 
 def prepare_suite(name: str, overrides: list[str] = ()) -> tuple[SuiteConfig, list[tuple[str, str, dict, Any]]]:
@@ -91,13 +108,8 @@ def run_suite(name: str, overrides: list[str] = (), out: Optional[Path] = None, 
     with staged_dir(Path(out)) as stage:
         write_yaml(stage / "resolved.yaml", suite.model_dump())
         for model_name, attack_name, raw, exp in cells:
-            splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
-            victim, attack, poisoned_test, meta = build_victim(exp, splits, log)
+            splits, victim, meta, measure = cell_victim(exp, log)
             device = torch.device(exp.recipe.device)
-
-            def measure(model):
-                return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
-
             before = measure(victim)
             log(f"[{model_name} / {attack_name}] backdoored: {before}")
             for row in suite.methods:

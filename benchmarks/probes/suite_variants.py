@@ -15,11 +15,8 @@ import copy
 import json
 import sys
 
-import torch
-
-from nftkit.bench import prepare_suite
-from nftkit.experiment import build_victim
-from nftkit.purify import purify, resolve_config
+from nftkit.bench import cell_victim, defense_config, prepare_suite
+from nftkit.purify import purify
 
 args = sys.argv[1:]
 split = args.index("--")
@@ -29,13 +26,7 @@ suite, cells = prepare_suite(suite_name)
 for _, attack_name, raw, exp in cells:
     if only and attack_name not in only:
         continue
-    splits = exp.adapter.load_data(exp.sections["data"], exp.recipe.seed)
-    victim, attack, poisoned_test, meta = build_victim(exp, splits, print)
-    device = torch.device(exp.recipe.device)
-
-    def measure(model):
-        return exp.adapter.evaluate(model, splits.test, poisoned_test, attack, device, exp.recipe.eval_batch_size)
-
+    splits, victim, meta, measure = cell_victim(exp)
     before = measure(victim)
     print(f"[{attack_name}] backdoored: {before}", flush=True)
     for variant in variants:
@@ -48,8 +39,7 @@ for _, attack_name, raw, exp in cells:
         model, runtime = victim, 0.0
         second = spec.pop("then", None)
         for stage in [spec] + ([second] if second else []):
-            cfg = resolve_config(None, {"seed": raw.get("seed", 0), "device": raw.get("device", "cpu"), **stage})
-            result = purify(model, adapter, splits.clean, config=cfg)
+            result = purify(model, adapter, splits.clean, config=defense_config(raw, stage))
             model, runtime = result.model, runtime + result.runtime_s
         after = measure(model)
         print(f"[{attack_name}] {json.dumps(variant)}: {after} in {runtime:.1f}s", flush=True)
