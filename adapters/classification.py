@@ -58,17 +58,31 @@ def _batch_lambda(generator: torch.Generator, alpha: float) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
+def _partners(targets: torch.Tensor, generator: torch.Generator, same_class: bool) -> torch.Tensor:
+    """A random in-batch partner for every row; with ``same_class``, one of the row's own (argmax) class
+    (itself when it is alone in the batch)."""
+    perm = torch.randperm(len(targets), generator=generator)
+    if same_class:
+        classes = targets.argmax(-1).cpu()
+        for c in classes.unique():
+            rows = (classes == c).nonzero().flatten()
+            perm[rows] = rows[torch.randperm(len(rows), generator=generator)]
+    return perm.to(targets.device)
+
+
+def mixup(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0,
+          same_class: bool = False):
     """MixUp with one lambda ~ Beta(alpha, alpha) per batch and an in-batch permutation as partner.
 
     ``targets`` are probabilities (one-hot or multi-hot); returns mixed inputs and mixed targets.
     """
     lam = _batch_lambda(generator, alpha)
-    perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
+    perm = _partners(targets, generator, same_class)
     return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm]
 
 
-def cutmix(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0):
+def cutmix(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, alpha: float = 1.0,
+           same_class: bool = False):
     """CutMix (Yun et al., 2019): a box of area about 1 - lambda, lambda ~ Beta(alpha, alpha), is cut
     from an in-batch partner and pasted at a random centre (clipped at the border); targets mix by the
     area actually pasted. The box spans the last two dimensions, so on clips (B x T x C x H x W) it runs
@@ -80,7 +94,7 @@ def cutmix(inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generat
     cy, cx = (int(torch.randint(0, n, (1,), generator=generator)) for n in (h, w))
     y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
     x0, x1 = max(cx - cw // 2, 0), min(cx + (cw - cw // 2), w)
-    perm = torch.randperm(len(inputs), generator=generator).to(inputs.device)
+    perm = _partners(targets, generator, same_class)
     mixed = inputs.clone()
     mixed[..., y0:y1, x0:x1] = inputs[perm][..., y0:y1, x0:x1]
     kept = 1 - (y1 - y0) * (x1 - x0) / (h * w)

@@ -95,6 +95,9 @@ class PurifyConfig(StrictModel):
     # layer's clean input energy kept (None: the most aggressive share that loses at most subspace_budget
     # points of cross-validated clean accuracy)
     project_first: bool = False
+    # the same projection after the method, on its folded model, with the same subspace_* settings: a method
+    # that changes the model (NFT) moves what the projection would cut (docs/zoo.md, sessions 20-21)
+    project_after: bool = False
     subspace_energy: Optional[float] = Field(default=None, gt=0, le=1)
     subspace_budget: float = Field(default=2.0, ge=0, le=100)
     subspace_folds: int = Field(default=5, ge=2)  # cross-validation folds of the clean set that check the budget

@@ -161,11 +161,7 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     adapter = adapter.aimed(work, data, cfg.augment, device, generator)
     info: dict[str, Any] = {}
     if cfg.project_first:
-        layers = projected_layers(work, trace.order, cfg.include, cfg.exclude)
-        info["subspace"] = clean_subspace(work, layers, adapter, data, cfg.subspace_energy, cfg.subspace_budget,
-                                          cfg.subspace_folds, cfg.subspace_recalibrate,
-                                          cfg.subspace_batch_size or len(data), device, generator,
-                                          cfg.subspace_confidence).summary()
+        info["subspace"] = _project(work, trace, cfg, adapter, data, device, generator)
     # after the projection, so distillation does not pull the cut directions back
     teacher = copy.deepcopy(work) if cfg.distill_weight > 0 else None
     for p in work.parameters():
@@ -249,11 +245,22 @@ def purify(model: nn.Module, adapter: Adapter, data: Dataset, method: Optional[s
     masks = {name: w.tunable()[0].detach().cpu().clone() for name, w in wrapped.items()}
     fold_all(work, wrapped)
     broadcast_state(work)
+    if cfg.project_after:  # its own generator, so it equals a clean_subspace run on this method's output
+        setup.info["subspace_after"] = _project(work, trace, cfg, adapter, data, device,
+                                                torch.Generator().manual_seed(cfg.seed))
+        runtime = time.perf_counter() - start - hook_seconds
     for name, p in work.named_parameters():
         p.requires_grad_(grad_flags[name])
     work.train(model.training)
     resolved = cfg.model_copy(update={"steps": total, "epochs": None})
     return PurifyResult(work, masks, history, resolved, runtime, targets, setup.info)
+
+
+def _project(work, trace, cfg, adapter, data, device, generator) -> dict[str, Any]:
+    layers = projected_layers(work, trace.order, cfg.include, cfg.exclude)
+    return clean_subspace(work, layers, adapter, data, cfg.subspace_energy, cfg.subspace_budget, cfg.subspace_folds,
+                          cfg.subspace_recalibrate, cfg.subspace_batch_size or len(data), device, generator,
+                          cfg.subspace_confidence).summary()
 
 
 def _progress(total: int, enabled: bool, desc: str, done: int = 0):

@@ -72,6 +72,27 @@ def test_mixup_or_cutmix_draws_either_per_batch():
     assert 0 < kinds.count("cutmix") < 12
 
 
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_same_class_partners_mix_images_of_one_class_and_keep_the_labels(mix):
+    # channels 0-2 hold the class one-hot, so they survive any same-class mix unchanged; channel 3 holds the
+    # image's index, so it shows whether a row was mixed at all
+    adapter = ImageClassificationAdapter(3, crop_padding=0, flip=False, mix=mix, mix_partner="same_class")
+    y = torch.arange(12) % 3
+    x = torch.cat([torch.nn.functional.one_hot(y, 3).float(), torch.arange(12.0).unsqueeze(1)], 1)
+    x = x.view(12, 4, 1, 1).expand(12, 4, 6, 6).contiguous()
+    mixed_rows = 0
+    for seed in range(4):
+        xm, t = adapter.augment((x, y), "mix", torch.Generator().manual_seed(seed))
+        assert torch.equal(t, torch.nn.functional.one_hot(y, 3).float())
+        assert torch.equal(xm[:, :3], x[:, :3])
+        mixed_rows += int((xm[:, 3] != x[:, 3]).flatten(1).any(1).sum())
+    assert mixed_rows > 20
+    assert ImageClassificationAdapter.from_recipe(ImageClassificationAdapter.DataConfig(mix_partner="same_class"),
+                                                  None).mix_partner == "same_class"
+    any_class = ImageClassificationAdapter(3, crop_padding=0, flip=False, mix=mix)
+    assert not torch.equal(any_class.augment((x, y), "mix", torch.Generator().manual_seed(0))[0][:, :3], x[:, :3])
+
+
 def test_any_map_style_dataset_of_pairs_works():
     class Pairs(torch.utils.data.Dataset):
         def __len__(self):

@@ -150,6 +150,18 @@ def test_projection_first_then_a_method(tiny_data, adapter3):
     assert list(result.model.state_dict()) == list(model.state_dict())
 
 
+def test_projection_after_a_method_equals_projecting_its_output(tiny_data, adapter3):
+    torch.manual_seed(0)
+    model = nftkit.train(TINY_MODELS["conv_bn"](), adapter3, tiny_data, steps=40, batch_size=8, lr=0.1).model
+    run = dict(method="nft", steps=5, batch_size=8, subspace_budget=5.0, subspace_folds=4)
+    chained = nftkit.purify(model, adapter3, tiny_data, project_after=True, **run)
+    first = nftkit.purify(model, adapter3, tiny_data, **run)
+    second = nftkit.purify(first.model, adapter3, tiny_data, method="clean_subspace", subspace_budget=5.0, subspace_folds=4)
+    assert chained.info["subspace_after"]["energy"] == second.info["subspace"]["energy"] < 1.0
+    assert all(torch.equal(a, b) for a, b in zip(chained.model.state_dict().values(), second.model.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(chained.model.state_dict().values(), first.model.state_dict().values()))
+
+
 def test_adapters_score_their_predictions():
     image = ImageClassificationAdapter(num_classes=3)
     logits = torch.tensor([[2.0, 0, 0], [0, 0, 1]])

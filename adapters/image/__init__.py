@@ -34,6 +34,8 @@ class ImageDataConfig(StrictModel):
     # NFT's "mix" augmentation; mixup_or_cutmix draws one of the two per batch, with equal odds
     mix: Literal["mixup", "cutmix", "mixup_or_cutmix"] = Field(default="mixup", json_schema_extra=DEFENSE_ONLY)
     mix_alpha: float = Field(default=1.0, gt=0, json_schema_extra=DEFENSE_ONLY)  # lambda ~ Beta(a, a)
+    # mix each image with one of its own class: the blend stays, the mixed targets (MixUp's calibration pull) go
+    mix_partner: Literal["any", "same_class"] = Field(default="any", json_schema_extra=DEFENSE_ONLY)
 
 
 class ImageModelConfig(StrictModel):
@@ -49,12 +51,13 @@ class ImageClassificationAdapter(SingleLabelAdapter):
     ModelConfig = ImageModelConfig
 
     def __init__(self, num_classes: int, crop_padding: Optional[int] = None, flip: bool = True, mix_alpha: float = 1.0,
-                 mix: str = "mixup"):
+                 mix: str = "mixup", mix_partner: str = "any"):
         self.num_classes = num_classes
         self.crop_padding = crop_padding
         self.flip = flip
         self.mix_alpha = mix_alpha
         self.mix = mix
+        self.mix_partner = mix_partner
         self.info: dict = {}
 
     # ---- engine-facing -------------------------------------------------------------------
@@ -69,7 +72,8 @@ class ImageClassificationAdapter(SingleLabelAdapter):
         targets = labels if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
         either = self.mix == "mixup_or_cutmix"
         use_cutmix = self.mix == "cutmix" or (either and torch.rand(1, generator=generator).item() < 0.5)
-        return (cutmix if use_cutmix else mixup)(images, targets, generator, self.mix_alpha)
+        return (cutmix if use_cutmix else mixup)(images, targets, generator, self.mix_alpha,
+                                                 same_class=self.mix_partner == "same_class")
 
     def _scan(self, data: Dataset) -> torch.Tensor:
         targets = getattr(data, "targets", None)
@@ -102,7 +106,8 @@ class ImageClassificationAdapter(SingleLabelAdapter):
     # ---- experiment-facing ---------------------------------------------------------------
     @classmethod
     def from_recipe(cls, data_cfg, model_cfg):
-        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha, mix=data_cfg.mix)  # num_classes: set in load_data
+        return cls(num_classes=0, mix_alpha=data_cfg.mix_alpha, mix=data_cfg.mix,
+                   mix_partner=data_cfg.mix_partner)  # num_classes: set in load_data
 
     def load_data(self, cfg: ImageDataConfig, seed: int) -> Splits:
         train, test, names = load_image_dataset(cfg.dataset, cfg.root)

@@ -7,7 +7,9 @@ A bench suite's rows can only change defense keys; the adapter's own defense-sid
 every suite before the victim cache is read. Here each JSON is one purify() call on the suite's cells:
 its "adapter" entry (optional) sets attributes of a copy of the cell's adapter, e.g.
 '{"adapter": {"mix": "cutmix"}, "method": "nft"}'; a "then" entry (optional) holds the defense keys of a
-second purify() call on the first one's output, e.g. '{"method": "nft", "then": {"method": "clean_subspace"}}';
+second purify() call on the first one's output, e.g. '{"method": "nft", "then": {"method": "clean_subspace"}}'
+(both outputs are measured: "stages" in the JSON line), and a list of them is one line each, all on the
+same first output;
 the other keys are defense keys. One JSON line per
 (cell, variant) is appended to OUT.jsonl as it finishes. Research probe, not part of the package.
 """
@@ -36,13 +38,20 @@ for _, attack_name, raw, exp in cells:
             if not hasattr(adapter, key):
                 raise SystemExit(f"the adapter has no attribute '{key}'")
             setattr(adapter, key, value)
-        model, runtime = victim, 0.0
-        second = spec.pop("then", None)
-        for stage in [spec] + ([second] if second else []):
-            result = purify(model, adapter, splits.clean, config=defense_config(raw, stage))
-            model, runtime = result.model, runtime + result.runtime_s
-        after = measure(model)
-        print(f"[{attack_name}] {json.dumps(variant)}: {after} in {runtime:.1f}s", flush=True)
-        with open(out, "a") as f:
-            f.write(json.dumps({"attack": attack_name, "variant": variant, "before": before, "after": after,
-                                "runtime_s": runtime, "victim_key": meta["key"]}) + "\n")
+        seconds = spec.pop("then", None)
+        first = purify(victim, adapter, splits.clean, config=defense_config(raw, spec))
+        first_after = measure(first.model)
+        # a list under "then" is several second stages, each on the same first output
+        for second in seconds if isinstance(seconds, list) else [seconds]:
+            stages, runtime, energy = [first_after], first.runtime_s, None
+            if second is not None:
+                result = purify(first.model, adapter, splits.clean, config=defense_config(raw, second))
+                stages.append(measure(result.model))
+                runtime += result.runtime_s
+                energy = result.info.get("subspace", {}).get("energy")
+            line = {**variant, "then": second} if second is not None else variant
+            print(f"[{attack_name}] {json.dumps(line)}: {stages} (energy {energy}) in {runtime:.1f}s", flush=True)
+            with open(out, "a") as f:
+                f.write(json.dumps({"attack": attack_name, "variant": line, "before": before, "after": stages[-1],
+                                    "stages": stages, "projected_energy": energy, "runtime_s": runtime,
+                                    "victim_key": meta["key"]}) + "\n")
